@@ -1,0 +1,183 @@
+"""Command line: thin — parses, calls mobilec.api, prints. Errors are one line and exit 2."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mobilec.errors import MobilecError
+
+EXIT_USER_ERROR = 2
+EXIT_VERIFY_FAILED = 3
+
+
+def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn MobilecError into one 'error: ...' line and a non-zero exit, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MobilecError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_USER_ERROR)
+        except click.exceptions.Exit:
+            raise
+        except (click.ClickException, click.Abort, SystemExit):
+            raise
+        except Exception as exc:  # a bug: say so in one line; the traceback on request
+            if os.environ.get("MOBILEC_DEBUG"):
+                raise
+            click.echo(f"internal error (a bug in mobilec, please report it): {type(exc).__name__}: {exc}; "
+                       "rerun with MOBILEC_DEBUG=1 for the traceback", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted: files written so far are complete; partial ones were discarded", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mobilec")
+def main() -> None:
+    """mobilec: compress a trained PyTorch model, export it to ExecuTorch / LiteRT / ONNX,
+    verify the artifacts in their real runtimes and profile them."""
+
+
+@main.command()
+@click.option("--recipe", "recipe", default="int8", show_default=True, help="Recipe name in recipes/ or a path to a .toml file.")
+@click.option("--model", default=None, help="Zoo name (see `mobilec models`), path/to/file.py:factory, or a .pt2 file. Default: mobilenet_v2.")
+@click.option("--weights", type=click.Path(path_type=Path), default=None, help="state_dict for a file.py:factory model.")
+@click.option("--data", default=None, help="fashion-mnist (default), digits, imagefolder:PATH or npz:PATH.")
+@click.option("--target", "targets", default=None, help="Comma-separated subset of executorch,tflite,onnx (default: the recipe's).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (default: mobilec-out/MODEL-RECIPE).")
+@click.option("--force", is_flag=True, help="Replace the files of an earlier run in --out.")
+@click.option("--allow-mismatch", is_flag=True, help="Keep artifacts that fail verification (flagged in the report).")
+@click.option("--seed", default=0, show_default=True, help="Seed for calibration sampling and training.")
+@_friendly
+def export(recipe: str, model: str | None, weights: Path | None, data: str | None, targets: str | None, out: Path | None,
+           force: bool, allow_mismatch: bool, seed: int) -> None:
+    """Compress a model with a recipe, export it, verify every artifact on the real test set."""
+    from mobilec import api
+    from mobilec.summary import print_run_summary
+
+    result = api.export(recipe, model=model, weights=weights, data=data, targets=targets, out=out, force=force,
+                        allow_mismatch=allow_mismatch, seed=seed, command=api.current_command())
+    print_run_summary(result)
+    if not result.ok:
+        sys.exit(EXIT_VERIFY_FAILED)
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--device", default="host", show_default=True, help="host, adb, adb:SERIAL or an emulator serial (emulator-5554).")
+@click.option("--profile", "profile_name", default=None, help="Device profile in profiles/ (see `mobilec devices --profiles`).")
+@click.option("--runs", default=50, show_default=True, help="Timed runs per repetition.")
+@click.option("--warmup", default=5, show_default=True, help="Untimed warm-up runs.")
+@click.option("--threads", default=1, show_default=True, help="Runtime threads.")
+@click.option("--repetitions", default=3, show_default=True, help="Repetitions (spread is reported).")
+@click.option("--runner", type=click.Path(path_type=Path), default=None, help="On adb: executor_runner or benchmark_model binary to use.")
+@click.option("--allow-charging", is_flag=True, help="On adb: measure energy while charging (flagged).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the measurement as JSON.")
+@_friendly
+def profile(artifact: Path, device: str, profile_name: str | None, runs: int, warmup: int, threads: int, repetitions: int,
+            runner: Path | None, allow_charging: bool, json_out: Path | None) -> None:
+    """Measure latency, memory (and energy where the device can) of an artifact in its own runtime."""
+    from mobilec import api
+    from mobilec.summary import print_measurement
+
+    if not artifact.is_file():
+        raise MobilecError(f"artifact {artifact} does not exist", hint="give the path of a .pte, .tflite or .onnx file")
+    m = api.profile(artifact, device=device, profile=profile_name, runs=runs, warmup=warmup, threads=threads,
+                    repetitions=repetitions, runner=runner, allow_charging=allow_charging)
+    print_measurement(m)
+    if json_out is not None:
+        from mobilec.io import write_json_atomic
+
+        write_json_atomic(json_out, m.to_dict())
+
+
+@main.command()
+@_friendly
+def recipes() -> None:
+    """List the recipes in recipes/ with their descriptions."""
+    from mobilec.recipe import available_recipes, recipes_dir
+
+    items = available_recipes()
+    if not items:
+        raise MobilecError(f"no recipes found in {recipes_dir()}", hint="set MOBILEC_RECIPES_DIR to a folder of .toml recipes")
+    width = max(map(len, items))
+    for name, desc in items.items():
+        click.echo(f"{name:<{width}}  {desc}")
+
+
+@main.command()
+@_friendly
+def passes() -> None:
+    """List the registered compression passes."""
+    from mobilec.registry import list_passes
+
+    items = list_passes()
+    width = max(map(len, items))
+    for name, cls in items.items():
+        click.echo(f"{name:<{width}}  {cls.summary}")
+
+
+@main.command()
+@_friendly
+def models() -> None:
+    """List the reference models in the zoo."""
+    from mobilec.models import list_models
+
+    for name, desc in list_models().items():
+        click.echo(f"{name:<20}  {desc}")
+
+
+@main.command()
+@click.option("--profiles", "show_profiles", is_flag=True, help="List device profiles instead of attached devices.")
+@_friendly
+def devices(show_profiles: bool) -> None:
+    """List attached phones and emulators (adb), or the device profiles."""
+    from mobilec import profile as prof
+
+    if show_profiles:
+        for name, desc in prof.list_profiles().items():
+            click.echo(f"{name:<18}  {desc}")
+        return
+    found = prof.list_devices()
+    if not found:
+        click.echo("no devices attached (adb devices lists none)")
+    for d in found:
+        click.echo("  ".join(f"{k}={v}" for k, v in (d.to_dict() if hasattr(d, "to_dict") else d).items()))
+
+
+@main.group()
+def android() -> None:
+    """Android demo app helpers."""
+
+
+@android.command("bundle")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--app", type=click.Path(path_type=Path), default=None, help="The demo app folder (default: android_demo/).")
+@click.option("--force", is_flag=True, help="Replace an existing asset of the same name.")
+@_friendly
+def android_bundle(artifact: Path, app: Path | None, force: bool) -> None:
+    """Copy an artifact and its metadata (shape, normalization, labels) into the demo app's assets."""
+    from mobilec.android import bundle
+
+    kwargs: dict[str, Any] = {"force": force}
+    if app is not None:
+        kwargs["app"] = app
+    result = bundle(artifact, **kwargs)
+    click.echo(str(result))
+
+
+if __name__ == "__main__":
+    main()

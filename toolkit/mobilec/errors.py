@@ -1,0 +1,25 @@
+"""One exception type for every user-facing failure: a problem and its fix, on one line."""
+
+from __future__ import annotations
+
+
+class MobilecError(Exception):
+    """A user-facing error. ``str(err)`` is one line: what is wrong, then how to fix it.
+
+    >>> raise MobilecError("unknown recipe 'int9'", hint="available: fp32, int8")
+    Traceback (most recent call last):
+    mobilec.errors.MobilecError: unknown recipe 'int9' (fix: available: fp32, int8)
+    """
+
+    def __init__(self, problem: str, *, hint: str | None = None) -> None:
+        self.problem = problem
+        self.hint = hint
+        super().__init__(problem if not hint else f"{problem} (fix: {hint})")
+
+
+class VerificationError(MobilecError):
+    """An exported artifact disagrees with the eager model beyond the recipe's tolerance."""
+
+
+class ExportError(MobilecError):
+    """A target runtime could not take the model."""

@@ -1,0 +1,1 @@
+"""Exporters: one module per target; heavy runtime imports stay inside them."""

@@ -1,0 +1,177 @@
+"""RunReport: the one record of a run — passes, layers, artifacts, verification, profiling."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mobilec.io import write_json_atomic, write_text_atomic
+
+
+def machine_description() -> dict[str, Any]:
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.system(), "python": platform.python_version()}
+
+
+@dataclass
+class PassRecord:
+    name: str
+    params: dict[str, Any]
+    seconds: float
+    summary: dict[str, Any] = field(default_factory=dict)  # what the pass measured (accuracy, ranks, ...)
+
+
+@dataclass
+class RunReport:
+    """Append-only record of a run; ``write(folder)`` emits report.json and report.md."""
+
+    recipe: str
+    model: dict[str, Any]
+    data: dict[str, Any]
+    started: float = field(default_factory=time.time)
+    machine: dict[str, Any] = field(default_factory=machine_description)
+    passes: list[PassRecord] = field(default_factory=list)
+    accuracy: dict[str, float] = field(default_factory=dict)  # eager accuracies: original, compressed
+    artifacts: list[dict[str, Any]] = field(default_factory=list)  # Artifact.to_dict + verification + status
+    failures: list[dict[str, str]] = field(default_factory=list)  # targets that could not be exported
+    profiles: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    command: str = ""
+
+    def add_pass(self, name: str, params: dict[str, Any], seconds: float, **summary: Any) -> PassRecord:
+        rec = PassRecord(name=name, params=params, seconds=seconds, summary=dict(summary))
+        self.passes.append(rec)
+        return rec
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "recipe": self.recipe,
+            "command": self.command,
+            "model": self.model,
+            "data": self.data,
+            "machine": self.machine,
+            "started": self.started,
+            "passes": [p.__dict__ for p in self.passes],
+            "accuracy": self.accuracy,
+            "artifacts": self.artifacts,
+            "failures": self.failures,
+            "profiles": self.profiles,
+            "notes": self.notes,
+        }
+
+    def write(self, folder: Path) -> None:
+        write_json_atomic(folder / "report.json", self.to_dict())
+        write_text_atomic(folder / "report.md", render_markdown(self.to_dict()))
+
+
+def _fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _fmt(x: Any, spec: str = ".4f") -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return format(x, spec)
+    return str(x)
+
+
+def render_markdown(rep: dict[str, Any]) -> str:
+    """Human-readable report; every figure comes from ``rep`` (report.json)."""
+    lines = [f"# mobilec run: recipe `{rep['recipe']}`", ""]
+    m = rep["model"]
+    lines.append(f"- model: `{m.get('name')}` ({m.get('params', '?')} params, source {m.get('source', '?')})")
+    lines.append(f"- data: `{rep['data'].get('name')}` (test split: {rep['data'].get('n_test', '?')} samples)")
+    mach = rep["machine"]
+    lines.append(f"- machine: {mach.get('cpu')} ({mach.get('cores')} cores)")
+    if rep.get("command"):
+        lines.append(f"- command: `{rep['command']}`")
+    acc = rep.get("accuracy", {})
+    if acc:
+        lines.append("- eager accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in acc.items()))
+    lines.append("")
+    if rep["passes"]:
+        lines += ["## Passes", "", "| pass | seconds | summary |", "|---|---:|---|"]
+        for p in rep["passes"]:
+            summ = ", ".join(f"{k}={_fmt(v)}" for k, v in p["summary"].items() if not isinstance(v, list | dict))
+            lines.append(f"| {p['name']} | {p['seconds']:.1f} | {summ} |")
+        lines.append("")
+    if rep["artifacts"]:
+        lines += [
+            "## Artifacts",
+            "",
+            "| target | file | size | accuracy (artifact) | top-1 agreement | max abs err | SNR dB | status |",
+            "|---|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for a in rep["artifacts"]:
+            v = a.get("verification") or {}
+            lines.append(
+                f"| {a['target']} | `{Path(a['path']).name}` | {_fmt_bytes(a['size_bytes'])} | {_fmt(v.get('accuracy'))} "
+                f"| {_fmt(v.get('top1_agreement'))} | {_fmt(v.get('max_abs_error'), '.3g')} | {_fmt(v.get('snr_db'), '.1f')} "
+                f"| {a.get('status', '-')} |"
+            )
+        lines.append("")
+        for a in rep["artifacts"]:
+            d = a.get("delegation") or {}
+            if d:
+                nd = d.get("not_delegated") or {}
+                tail = "; not delegated: " + ", ".join(f"`{k}` x{v}" for k, v in nd.items()) if nd else " (all delegated)"
+                lines.append(f"- {a['target']}: {d.get('delegated')}/{d.get('total')} ops delegated to {d.get('backend', 'the delegate')}{tail}")
+            for note in a.get("notes", []):
+                lines.append(f"- {a['target']}: {note}")
+        lines.append("")
+        for a in rep["artifacts"]:
+            if not a.get("layers"):
+                continue
+            lines += [
+                f"### Layers in `{Path(a['path']).name}` ({a['target']})",
+                "",
+                "| layer | kind | params | information | stored | executed | stored bytes | bit-packed bytes |",
+                "|---|---|---:|---|---|---|---:|---:|",
+            ]
+            for layer in a["layers"]:
+                lines.append(
+                    f"| {layer['name']} | {layer['kind']} | {layer['params']} | {_fmt(layer['info_bits'], 'g')} bits "
+                    f"| {layer['stored']} | {layer['executed']} | {layer['stored_bytes']} | {layer['packed_bytes']} |"
+                )
+            lines.append("")
+    if rep["failures"]:
+        lines += ["## Failed targets", ""]
+        lines += [f"- {f['target']}: {f['error']}" for f in rep["failures"]]
+        lines.append("")
+    if rep["profiles"]:
+        lines += [
+            "## Profiling",
+            "",
+            "| artifact | device | p10 ms | p50 ms | p90 ms | trimmed mean ms | first run ms | load ms | peak memory |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for p in rep["profiles"]:
+            lat = p.get("latency_ms", {})
+            lines.append(
+                f"| `{Path(p['artifact']).name}` | {p.get('device')} | {_fmt(lat.get('p10'), '.3f')} | {_fmt(lat.get('p50'), '.3f')} "
+                f"| {_fmt(lat.get('p90'), '.3f')} | {_fmt(lat.get('trimmed_mean'), '.3f')} | {_fmt(p.get('first_run_ms'), '.3f')} "
+                f"| {_fmt(p.get('load_ms'), '.1f')} | {_fmt_bytes(p.get('peak_memory_bytes'))} |"
+            )
+        lines.append("")
+    if rep["notes"]:
+        lines += ["## Notes", ""] + [f"- {n}" for n in rep["notes"]] + [""]
+    return "\n".join(lines)
