@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from mobilec.errors import MobilecError
 from mobilec.recipe import Recipe, available_recipes, recipes_dir
 
@@ -49,7 +48,9 @@ def test_malformed_toml_names_file_line_and_column(tmp_path: Path) -> None:
 
 def test_unknown_pass_key_names_key_and_pass(tmp_path: Path) -> None:
     path = _write(tmp_path, 'version = 1\n[[passes]]\ntype = "ptq"\ncalibration_batchez = 3\n')
-    with pytest.raises(MobilecError, match=r"unknown key 'calibration_batchez' for pass 'ptq'.*valid keys: .*calibration_batches"):
+    with pytest.raises(
+        MobilecError, match=r"unknown key 'calibration_batchez' for pass 'ptq'.*valid keys: .*calibration_batches"
+    ):
         Recipe.load(path)
 
 
@@ -95,16 +96,23 @@ def test_base_cycle_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         Recipe.load("a")
 
 
-_values = st.one_of(st.integers(-5, 100), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8), st.booleans(),
-                    st.lists(st.text(max_size=4), max_size=3))
+_values = st.one_of(
+    st.integers(-5, 100),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+    st.booleans(),
+    st.lists(st.text(max_size=4), max_size=3),
+)
 
 
 @settings(max_examples=300, deadline=None)
 @given(
-    top=st.dictionaries(st.sampled_from(["version", "description", "base", "passes", "export", "verify", "profile", "junk"]),
-                        _values, max_size=4),
-    pass_params=st.dictionaries(st.sampled_from(["type", "bits", "calibration_batches", "batch_size", "per_channel", "targets", "x"]),
-                                _values, max_size=4),
+    top=st.dictionaries(
+        st.sampled_from(["version", "description", "base", "passes", "export", "verify", "profile", "junk"]), _values, max_size=4
+    ),
+    pass_params=st.dictionaries(
+        st.sampled_from(["type", "bits", "calibration_batches", "batch_size", "per_channel", "targets", "x"]), _values, max_size=4
+    ),
 )
 def test_fuzzed_recipes_give_a_recipe_or_one_clear_error(top: dict, pass_params: dict) -> None:
     doc = dict(top)

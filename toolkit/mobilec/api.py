@@ -89,14 +89,14 @@ def export(
     """
     rec = Recipe.load(recipe)
     chosen_targets = parse_targets(targets, rec)
+    model_spec = model or DEFAULT_MODEL
+    if weights is not None and model is None:
+        raise MobilecError("--weights needs --model", hint="name the model the weights belong to: --model file.py:factory")
 
     from mobilec.data import load_dataset
     from mobilec.models.loader import load_model
     from mobilec.report import RunReport
 
-    model_spec = model or DEFAULT_MODEL
-    if weights is not None and model is None:
-        raise MobilecError("--weights needs --model", hint="name the model the weights belong to: --model file.py:factory")
     out_dir = Path(out) if out is not None else Path("mobilec-out") / f"{_slug(model_spec)}-{rec.name}"
     dataset = load_dataset(data or DEFAULT_DATA)
     torch_model, info = load_model(model_spec, weights=Path(weights) if weights else None, data=dataset)
@@ -108,7 +108,8 @@ def export(
         recipe=rec.name,
         model=info.to_dict() if hasattr(info, "to_dict") else dict(info.__dict__),
         data={"name": dataset.name, "n_train": len(dataset.y_train), "n_test": len(dataset.y_test)},
-        command=command or "mobilec.export(" + ", ".join(f"{k}={v!r}" for k, v in _given(recipe, model, data, targets).items()) + ")",
+        command=command
+        or "mobilec.export(" + ", ".join(f"{k}={v!r}" for k, v in _given(recipe, model, data, targets).items()) + ")",
     )
     report.recipe_dict = rec.to_dict()  # type: ignore[attr-defined]
     ctx = _make_context(dataset, out_dir, report, torch_model, seed, show_progress)
@@ -148,7 +149,13 @@ def _make_context(dataset: Any, out_dir: Path, report: Any, model: torch.nn.Modu
         p.requires_grad_(False)
     example = (dataset.x_test[:1].clone(),)
     return Context(
-        data=dataset, workdir=out_dir, report=report, example_inputs=example, teacher=teacher, seed=seed, show_progress=show_progress
+        data=dataset,
+        workdir=out_dir,
+        report=report,
+        example_inputs=example,
+        teacher=teacher,
+        seed=seed,
+        show_progress=show_progress,
     )
 
 
@@ -167,7 +174,9 @@ def run_passes(rec: Recipe, model: torch.nn.Module, ctx: Any) -> torch.nn.Module
     return current
 
 
-def _export_one(target: str, model: torch.nn.Module, ctx: Any, rec: Recipe, out_dir: Path, allow_mismatch: bool) -> tuple[Any, bool]:
+def _export_one(
+    target: str, model: torch.nn.Module, ctx: Any, rec: Recipe, out_dir: Path, allow_mismatch: bool
+) -> tuple[Any, bool]:
     from mobilec.export import get_exporter
     from mobilec.export.verify import verify_artifact
 
@@ -180,9 +189,7 @@ def _export_one(target: str, model: torch.nn.Module, ctx: Any, rec: Recipe, out_
             if ctx.quant_plan is not None:
                 plan = ctx.quant_plan
                 calibration = ctx.data.calibration_batches(plan.calibration_batches, plan.batch_size, plan.seed)
-            artifact = get_exporter(target).export(
-                model, ctx.example_inputs, path, quant=ctx.quant_plan, calibration=calibration
-            )
+            artifact = get_exporter(target).export(model, ctx.example_inputs, path, quant=ctx.quant_plan, calibration=calibration)
     except MobilecError as exc:
         ctx.report.failures.append({"target": target, "error": str(exc)})
         return None, False
@@ -197,7 +204,10 @@ def _export_one(target: str, model: torch.nn.Module, ctx: Any, rec: Recipe, out_
         path.unlink(missing_ok=True)
         record["status"] = "rejected: " + "; ".join(result.failures)
         ctx.report.failures.append(
-            {"target": target, "error": f"verification failed: {'; '.join(result.failures)} (artifact removed; --allow-mismatch keeps it)"}
+            {
+                "target": target,
+                "error": f"verification failed: {'; '.join(result.failures)} (artifact removed; --allow-mismatch keeps it)",
+            }
         )
     ctx.report.artifacts.append(record)
     return artifact, result.passed or allow_mismatch

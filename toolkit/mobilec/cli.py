@@ -34,8 +34,11 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:  # a bug: say so in one line; the traceback on request
             if os.environ.get("MOBILEC_DEBUG"):
                 raise
-            click.echo(f"internal error (a bug in mobilec, please report it): {type(exc).__name__}: {exc}; "
-                       "rerun with MOBILEC_DEBUG=1 for the traceback", err=True)
+            click.echo(
+                f"internal error (a bug in mobilec, please report it): {type(exc).__name__}: {exc}; "
+                "rerun with MOBILEC_DEBUG=1 for the traceback",
+                err=True,
+            )
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted: files written so far are complete; partial ones were discarded", err=True)
@@ -53,23 +56,48 @@ def main() -> None:
 
 @main.command()
 @click.option("--recipe", "recipe", default="int8", show_default=True, help="Recipe name in recipes/ or a path to a .toml file.")
-@click.option("--model", default=None, help="Zoo name (see `mobilec models`), path/to/file.py:factory, or a .pt2 file. Default: mobilenet_v2.")
+@click.option(
+    "--model",
+    default=None,
+    help="Zoo name (see `mobilec models`), path/to/file.py:factory, or a .pt2 file. Default: mobilenet_v2.",
+)
 @click.option("--weights", type=click.Path(path_type=Path), default=None, help="state_dict for a file.py:factory model.")
 @click.option("--data", default=None, help="fashion-mnist (default), digits, imagefolder:PATH or npz:PATH.")
-@click.option("--target", "targets", default=None, help="Comma-separated subset of executorch,tflite,onnx (default: the recipe's).")
+@click.option(
+    "--target", "targets", default=None, help="Comma-separated subset of executorch,tflite,onnx (default: the recipe's)."
+)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (default: mobilec-out/MODEL-RECIPE).")
 @click.option("--force", is_flag=True, help="Replace the files of an earlier run in --out.")
 @click.option("--allow-mismatch", is_flag=True, help="Keep artifacts that fail verification (flagged in the report).")
 @click.option("--seed", default=0, show_default=True, help="Seed for calibration sampling and training.")
 @_friendly
-def export(recipe: str, model: str | None, weights: Path | None, data: str | None, targets: str | None, out: Path | None,
-           force: bool, allow_mismatch: bool, seed: int) -> None:
+def export(
+    recipe: str,
+    model: str | None,
+    weights: Path | None,
+    data: str | None,
+    targets: str | None,
+    out: Path | None,
+    force: bool,
+    allow_mismatch: bool,
+    seed: int,
+) -> None:
     """Compress a model with a recipe, export it, verify every artifact on the real test set."""
     from mobilec import api
     from mobilec.summary import print_run_summary
 
-    result = api.export(recipe, model=model, weights=weights, data=data, targets=targets, out=out, force=force,
-                        allow_mismatch=allow_mismatch, seed=seed, command=api.current_command())
+    result = api.export(
+        recipe,
+        model=model,
+        weights=weights,
+        data=data,
+        targets=targets,
+        out=out,
+        force=force,
+        allow_mismatch=allow_mismatch,
+        seed=seed,
+        command=api.current_command(),
+    )
     print_run_summary(result)
     if not result.ok:
         sys.exit(EXIT_VERIFY_FAILED)
@@ -83,20 +111,41 @@ def export(recipe: str, model: str | None, weights: Path | None, data: str | Non
 @click.option("--warmup", default=5, show_default=True, help="Untimed warm-up runs.")
 @click.option("--threads", default=1, show_default=True, help="Runtime threads.")
 @click.option("--repetitions", default=3, show_default=True, help="Repetitions (spread is reported).")
-@click.option("--runner", type=click.Path(path_type=Path), default=None, help="On adb: executor_runner or benchmark_model binary to use.")
+@click.option(
+    "--runner", type=click.Path(path_type=Path), default=None, help="On adb: executor_runner or benchmark_model binary to use."
+)
 @click.option("--allow-charging", is_flag=True, help="On adb: measure energy while charging (flagged).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the measurement as JSON.")
 @_friendly
-def profile(artifact: Path, device: str, profile_name: str | None, runs: int, warmup: int, threads: int, repetitions: int,
-            runner: Path | None, allow_charging: bool, json_out: Path | None) -> None:
+def profile(
+    artifact: Path,
+    device: str,
+    profile_name: str | None,
+    runs: int,
+    warmup: int,
+    threads: int,
+    repetitions: int,
+    runner: Path | None,
+    allow_charging: bool,
+    json_out: Path | None,
+) -> None:
     """Measure latency, memory (and energy where the device can) of an artifact in its own runtime."""
     from mobilec import api
     from mobilec.summary import print_measurement
 
     if not artifact.is_file():
         raise MobilecError(f"artifact {artifact} does not exist", hint="give the path of a .pte, .tflite or .onnx file")
-    m = api.profile(artifact, device=device, profile=profile_name, runs=runs, warmup=warmup, threads=threads,
-                    repetitions=repetitions, runner=runner, allow_charging=allow_charging)
+    m = api.profile(
+        artifact,
+        device=device,
+        profile=profile_name,
+        runs=runs,
+        warmup=warmup,
+        threads=threads,
+        repetitions=repetitions,
+        runner=runner,
+        allow_charging=allow_charging,
+    )
     print_measurement(m)
     if json_out is not None:
         from mobilec.io import write_json_atomic

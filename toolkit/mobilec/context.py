@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
+
 from mobilec.errors import MobilecError
 from mobilec.quant import QuantPlan
-from torch import nn
 
 if TYPE_CHECKING:
     from mobilec.report import RunReport

@@ -180,7 +180,7 @@ def _from_dict(doc: dict[str, Any], *, name: str, where: str, source: Path | Non
         table = dict(table)
         kind = table.pop("type", None)
         if not isinstance(kind, str):
-            raise MobilecError(f"{where}: passes[{i}] needs a string 'type'", hint="e.g. type = \"ptq\"")
+            raise MobilecError(f"{where}: passes[{i}] needs a string 'type'", hint='e.g. type = "ptq"')
         passes.append(get_pass(kind).from_params(table, where=f"{where} passes[{i}]"))
 
     specs = {}

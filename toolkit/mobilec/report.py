@@ -134,7 +134,9 @@ def render_markdown(rep: dict[str, Any]) -> str:
             if d:
                 nd = d.get("not_delegated") or {}
                 tail = "; not delegated: " + ", ".join(f"`{k}` x{v}" for k, v in nd.items()) if nd else " (all delegated)"
-                lines.append(f"- {a['target']}: {d.get('delegated')}/{d.get('total')} ops delegated to {d.get('backend', 'the delegate')}{tail}")
+                lines.append(
+                    f"- {a['target']}: {d.get('delegated')}/{d.get('total')} ops delegated to {d.get('backend', 'the delegate')}{tail}"
+                )
             for note in a.get("notes", []):
                 lines.append(f"- {a['target']}: {note}")
         lines.append("")

@@ -29,8 +29,15 @@ def print_run_summary(result: Any, console: Console | None = None) -> None:
         d = a.get("delegation") or {}
         deleg = f"{d.get('delegated')}/{d.get('total')}" if d else "-"
         table.add_row(
-            a["target"], Path(a["path"]).name, _size(a["size_bytes"]), _num(v.get("accuracy")), _num(v.get("top1_agreement")),
-            _num(v.get("max_abs_error"), ".3g"), _num(v.get("snr_db"), ".1f"), deleg, a.get("status", "-"),
+            a["target"],
+            Path(a["path"]).name,
+            _size(a["size_bytes"]),
+            _num(v.get("accuracy")),
+            _num(v.get("top1_agreement")),
+            _num(v.get("max_abs_error"), ".3g"),
+            _num(v.get("snr_db"), ".1f"),
+            deleg,
+            a.get("status", "-"),
         )
     console.print(table)
     for f in rep.failures:
@@ -51,8 +58,13 @@ def print_measurement(m: Any, console: Console | None = None) -> None:
     for col in ("p10 ms", "p50 ms", "p90 ms", "trimmed mean ms", "first run ms", "load ms", "peak memory"):
         table.add_column(col)
     table.add_row(
-        _num(lat.get("p10"), ".3f"), _num(lat.get("p50"), ".3f"), _num(lat.get("p90"), ".3f"), _num(lat.get("trimmed_mean"), ".3f"),
-        _num(d.get("first_run_ms"), ".3f"), _num(d.get("load_ms"), ".1f"), _size(d.get("peak_memory_bytes")),
+        _num(lat.get("p10"), ".3f"),
+        _num(lat.get("p50"), ".3f"),
+        _num(lat.get("p90"), ".3f"),
+        _num(lat.get("trimmed_mean"), ".3f"),
+        _num(d.get("first_run_ms"), ".3f"),
+        _num(d.get("load_ms"), ".1f"),
+        _size(d.get("peak_memory_bytes")),
     )
     console.print(table)
     energy = d.get("energy")

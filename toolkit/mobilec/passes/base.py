@@ -10,8 +10,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args, get_origin
 
-from mobilec.errors import MobilecError
 from torch import nn
+
+from mobilec.errors import MobilecError
 
 if TYPE_CHECKING:
     from mobilec.context import Context
