@@ -55,7 +55,13 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--recipe", "recipe", default="int8", show_default=True, help="Recipe name in recipes/ or a path to a .toml file.")
+@click.option(
+    "--recipe",
+    "recipe",
+    default="int8",
+    show_default=True,
+    help="Recipe name in recipes/, a .toml path, or several names a,b,c (sibling run folders + a comparison).",
+)
 @click.option(
     "--model",
     default=None,
@@ -86,20 +92,27 @@ def export(
     from mobilec import api
     from mobilec.summary import print_run_summary
 
-    result = api.export(
-        recipe,
-        model=model,
-        weights=weights,
-        data=data,
-        targets=targets,
-        out=out,
-        force=force,
-        allow_mismatch=allow_mismatch,
-        seed=seed,
-        command=api.current_command(),
-    )
-    print_run_summary(result)
-    if not result.ok:
+    names = [r.strip() for r in recipe.split(",") if r.strip()] if not recipe.endswith(".toml") else [recipe]
+    if not names:
+        raise MobilecError("--recipe is empty", hint="name a recipe, e.g. --recipe int8 (see `mobilec recipes`)")
+    for name in names:  # load every recipe first: a typo in the third fails before the first trains
+        api.Recipe.load(name)
+    all_ok = True
+    run_dirs = []
+    for name in names:
+        run_out = out / Path(name).stem if (out is not None and len(names) > 1) else out
+        result = api.export(name, model=model, weights=weights, data=data, targets=targets, out=run_out, force=force,
+                            allow_mismatch=allow_mismatch, seed=seed, command=api.current_command())
+        print_run_summary(result)
+        run_dirs.append(result.out_dir)
+        all_ok = all_ok and result.ok
+    if len(names) > 1:
+        from mobilec.compare import compare as write_compare
+
+        cmp_dir = out if out is not None else run_dirs[0].parent / f"{run_dirs[0].name.rsplit('-', 1)[0]}-compare"
+        files = write_compare(run_dirs, cmp_dir)
+        click.echo(f"comparison: {files[0]}")
+    if not all_ok:
         sys.exit(EXIT_VERIFY_FAILED)
 
 
@@ -151,6 +164,18 @@ def profile(
         from mobilec.io import write_json_atomic
 
         write_json_atomic(json_out, m.to_dict())
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("mobilec-out/compare"), show_default=True)
+@_friendly
+def compare(runs: tuple[Path, ...], out: Path) -> None:
+    """Compare runs (folders with report.json): a table and accuracy-vs-size/latency Pareto plots."""
+    from mobilec.compare import compare as write_compare
+
+    for path in write_compare(list(runs), out):
+        click.echo(str(path))
 
 
 @main.command()

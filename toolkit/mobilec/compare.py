@@ -1,0 +1,180 @@
+"""The decision view across runs: one table and Pareto plots from runs' report.json files.
+
+>>> rows = [Point("a", "executorch", 0.9, 100.0), Point("b", "executorch", 0.8, 50.0), Point("c", "tflite", 0.7, 80.0)]
+>>> [p.recipe for p in pareto_front(rows)]
+['b', 'a']
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mobilec.errors import MobilecError
+from mobilec.io import atomic_path, write_text_atomic
+
+MARKERS = {"executorch": "o", "tflite": "s", "onnx": "^"}
+
+
+@dataclass(frozen=True)
+class Point:
+    """One artifact on a trade-off plot: higher accuracy is better, lower cost is better."""
+
+    recipe: str
+    target: str
+    accuracy: float
+    cost: float
+
+
+def pareto_front(points: Sequence[Point]) -> list[Point]:
+    """Points no other point beats on both accuracy (higher) and cost (lower); sorted by cost."""
+    front = []
+    for p in points:
+        dominated = any(
+            q.accuracy >= p.accuracy and q.cost <= p.cost and (q.accuracy > p.accuracy or q.cost < p.cost) for q in points
+        )
+        if not dominated:
+            front.append(p)
+    return sorted(front, key=lambda p: (p.cost, -p.accuracy))
+
+
+def load_run(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "report.json" if Path(run_dir).is_dir() else Path(run_dir)
+    if not path.is_file():
+        raise MobilecError(f"{run_dir} holds no report.json", hint="give run folders written by `mobilec export`")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MobilecError(f"{path} is not valid JSON: {exc}", hint="re-run the export that wrote it") from None
+
+
+def artifact_rows(rep: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per artifact of a run, with its profile (if any) joined by path."""
+    profiles = {Path(p["artifact"]).name: p for p in rep.get("profiles", [])}
+    rows = []
+    for a in rep.get("artifacts", []):
+        v = a.get("verification") or {}
+        prof = profiles.get(Path(a["path"]).name, {})
+        lat = prof.get("latency_ms", {})
+        layers = a.get("layers") or []
+        rows.append(
+            {
+                "recipe": rep["recipe"],
+                "target": a["target"],
+                "accuracy": v.get("accuracy"),
+                "size_bytes": a.get("size_bytes"),
+                "packed_weight_bytes": sum(layer["packed_bytes"] for layer in layers) if layers else None,
+                "latency_ms_p50": lat.get("p50"),
+                "latency_ms_p10": lat.get("p10"),
+                "latency_ms_p90": lat.get("p90"),
+                "energy": prof.get("energy"),
+                "macs": rep.get("model", {}).get("macs"),
+                "status": a.get("status", "-"),
+                "device": prof.get("device"),
+            }
+        )
+    for f in rep.get("failures", []):
+        if not any(r["target"] == f["target"] for r in rows):
+            rows.append({"recipe": rep["recipe"], "target": f["target"], "status": f"failed: {f['error']}"})
+    return rows
+
+
+def group_key(rep: dict[str, Any]) -> tuple[str, str, str]:
+    devices = sorted({p.get("device", "?") for p in rep.get("profiles", [])}) or ["(not profiled)"]
+    return (str(rep.get("model", {}).get("name")), str(rep.get("data", {}).get("name")), ",".join(devices))
+
+
+def compare(run_dirs: Sequence[Path], out: Path) -> list[Path]:
+    """Write compare.md and Pareto plots for ``run_dirs`` into ``out``; returns the files written.
+
+    Runs of different models, data sets or devices are never mixed: each group gets its own
+    table and plots.
+    """
+    if not run_dirs:
+        raise MobilecError("no run folders given", hint="mobilec compare RUN_DIR [RUN_DIR ...]")
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for d in run_dirs:
+        rep = load_run(Path(d))
+        groups[group_key(rep)].extend(artifact_rows(rep))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    lines = ["# mobilec compare", ""]
+    if len(groups) > 1:
+        lines += [f"The runs cover {len(groups)} different model/data/device combinations; each is compared on its own.", ""]
+    for i, (key, rows) in enumerate(sorted(groups.items())):
+        model, data, device = key
+        lines += [f"## {model} on {data} (latency on {device})", ""]
+        lines += render_table(rows)
+        suffix = f"-{i + 1}" if len(groups) > 1 else ""
+        for cost, label in (("size_bytes", "artifact size (KB)"), ("latency_ms_p50", "latency p50 (ms)")):
+            png = out / f"accuracy_vs_{cost.split('_')[0]}{suffix}.png"
+            if plot_tradeoff(rows, cost, label, f"{model} / {data}", png):
+                written.append(png)
+                lines += [f"![accuracy vs {label}]({png.name})", ""]
+    md = out / "compare.md"
+    write_text_atomic(md, "\n".join(lines))
+    return [md, *written]
+
+
+def _fmt(x: Any, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def render_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| recipe | target | accuracy (artifact) | size | packed weights | p50 ms [p10, p90] | energy | MACs | status |",
+        "|---|---|---:|---:|---:|---:|---|---:|---|",
+    ]
+    for r in rows:
+        lat = "-"
+        if r.get("latency_ms_p50") is not None:
+            lat = f"{r['latency_ms_p50']:.3f} [{_fmt(r.get('latency_ms_p10'), '.3f')}, {_fmt(r.get('latency_ms_p90'), '.3f')}]"
+        e = r.get("energy")
+        energy = f"{e.get('mj_per_inference', e.get('mJ_per_inference', '?'))} mJ ({e.get('method', '?')})" if isinstance(e, dict) else "-"
+        size = r.get("size_bytes")
+        packed = r.get("packed_weight_bytes")
+        lines.append(
+            f"| {r['recipe']} | {r['target']} | {_fmt(r.get('accuracy'), '.4f')} | {_fmt(size / 1024 if size else None, '.1f')} KB "
+            f"| {_fmt(packed / 1024 if packed else None, '.1f')} KB | {lat} | {energy} | {_fmt(r.get('macs'), ',')} | {r.get('status')} |"
+        )
+    return [*lines, ""]
+
+
+def plot_tradeoff(rows: list[dict[str, Any]], cost_key: str, label: str, title: str, path: Path) -> bool:
+    """Accuracy vs cost scatter, one marker per target, Pareto front drawn; False if no data."""
+    scale = 1 / 1024 if cost_key == "size_bytes" else 1.0
+    points = [
+        Point(r["recipe"], r["target"], r["accuracy"], r[cost_key] * scale)
+        for r in rows
+        if r.get("accuracy") is not None and r.get(cost_key) is not None
+    ]
+    if not points:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    for target in sorted({p.target for p in points}):
+        pts = [p for p in points if p.target == target]
+        ax.scatter([p.cost for p in pts], [p.accuracy * 100 for p in pts], marker=MARKERS.get(target, "x"), s=55, label=target)
+        for p in pts:
+            ax.annotate(p.recipe, (p.cost, p.accuracy * 100), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    front = pareto_front(points)
+    ax.plot([p.cost for p in front], [p.accuracy * 100 for p in front], "--", color="gray", lw=1, label="Pareto front")
+    ax.set_xlabel(label)
+    ax.set_ylabel("top-1 accuracy of the artifact (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return True
