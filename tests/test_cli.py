@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
 from mobilec.cli import main
 
 COMMANDS = [[], ["export"], ["profile"], ["recipes"], ["passes"], ["models"], ["devices"], ["android"], ["android", "bundle"]]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from mobilec.errors import MobilecError
 from mobilec.io import atomic_path, load_matching_state_dict, load_state_dict, save_state_dict_atomic
 

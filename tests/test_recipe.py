@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from mobilec.errors import MobilecError
 from mobilec.recipe import Recipe, available_recipes, recipes_dir
 
