@@ -6,9 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# Debian packages: the real data set, and adb for profiling on phones.
+# Debian packages: the real data set, adb for profiling on phones, a JDK for the demo app's core tests.
 missing=""
-for pkg in dataset-fashion-mnist adb; do
+for pkg in dataset-fashion-mnist adb openjdk-17-jdk-headless; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then

@@ -107,7 +107,7 @@ def export(
     report = RunReport(
         recipe=rec.name,
         model=info.to_dict() if hasattr(info, "to_dict") else dict(info.__dict__),
-        data={"name": dataset.name, "n_train": len(dataset.y_train), "n_test": len(dataset.y_test)},
+        data={"name": dataset.name, "spec": data or DEFAULT_DATA, "n_train": len(dataset.y_train), "n_test": len(dataset.y_test)},
         command=command
         or "mobilec.export(" + ", ".join(f"{k}={v!r}" for k, v in _given(recipe, model, data, targets).items()) + ")",
     )

@@ -69,9 +69,7 @@ def main() -> None:
 )
 @click.option("--weights", type=click.Path(path_type=Path), default=None, help="state_dict for a file.py:factory model.")
 @click.option("--data", default=None, help="fashion-mnist (default), digits, imagefolder:PATH or npz:PATH.")
-@click.option(
-    "--target", "targets", default=None, help="Comma-separated subset of executorch,tflite,onnx (default: the recipe's)."
-)
+@click.option("--target", "targets", default=None, help="Comma-separated subset of executorch,tflite,onnx (default: the recipe's).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (default: mobilec-out/MODEL-RECIPE).")
 @click.option("--force", is_flag=True, help="Replace the files of an earlier run in --out.")
 @click.option("--allow-mismatch", is_flag=True, help="Keep artifacts that fail verification (flagged in the report).")
@@ -101,8 +99,18 @@ def export(
     run_dirs = []
     for name in names:
         run_out = out / Path(name).stem if (out is not None and len(names) > 1) else out
-        result = api.export(name, model=model, weights=weights, data=data, targets=targets, out=run_out, force=force,
-                            allow_mismatch=allow_mismatch, seed=seed, command=api.current_command())
+        result = api.export(
+            name,
+            model=model,
+            weights=weights,
+            data=data,
+            targets=targets,
+            out=run_out,
+            force=force,
+            allow_mismatch=allow_mismatch,
+            seed=seed,
+            command=api.current_command(),
+        )
         print_run_summary(result)
         run_dirs.append(result.out_dir)
         all_ok = all_ok and result.ok
@@ -124,9 +132,7 @@ def export(
 @click.option("--warmup", default=5, show_default=True, help="Untimed warm-up runs.")
 @click.option("--threads", default=1, show_default=True, help="Runtime threads.")
 @click.option("--repetitions", default=3, show_default=True, help="Repetitions (spread is reported).")
-@click.option(
-    "--runner", type=click.Path(path_type=Path), default=None, help="On adb: executor_runner or benchmark_model binary to use."
-)
+@click.option("--runner", type=click.Path(path_type=Path), default=None, help="On adb: executor_runner or benchmark_model binary to use.")
 @click.option("--allow-charging", is_flag=True, help="On adb: measure energy while charging (flagged).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the measurement as JSON.")
 @_friendly
@@ -240,15 +246,25 @@ def android() -> None:
 @android.command("bundle")
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--app", type=click.Path(path_type=Path), default=None, help="The demo app folder (default: android_demo/).")
+@click.option("--report", type=click.Path(path_type=Path), default=None, help="The run's report.json (default: next to the artifact).")
+@click.option("--data", default=None, help="Data set for labels, normalization and the sample image (default: from the report).")
+@click.option("--sample-index", default=0, show_default=True, help="Test-split index of the bundled sample image.")
+@click.option("--top-k", default=10, show_default=True, help="Top-K kept for recommender artifacts.")
 @click.option("--force", is_flag=True, help="Replace an existing asset of the same name.")
 @_friendly
-def android_bundle(artifact: Path, app: Path | None, force: bool) -> None:
+def android_bundle(
+    artifact: Path, app: Path | None, report: Path | None, data: str | None, sample_index: int, top_k: int, force: bool
+) -> None:
     """Copy an artifact and its metadata (shape, normalization, labels) into the demo app's assets."""
     from mobilec.android import bundle
 
-    kwargs: dict[str, Any] = {"force": force}
+    kwargs: dict[str, Any] = {"force": force, "sample_index": sample_index, "top_k": top_k, "report": report}
     if app is not None:
         kwargs["app"] = app
+    if data is not None:
+        from mobilec.data import load_dataset
+
+        kwargs["dataset"] = load_dataset(data)
     result = bundle(artifact, **kwargs)
     click.echo(str(result))
 
