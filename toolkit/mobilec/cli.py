@@ -128,10 +128,10 @@ def export(
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--device", default="host", show_default=True, help="host, adb, adb:SERIAL or an emulator serial (emulator-5554).")
 @click.option("--profile", "profile_name", default=None, help="Device profile in profiles/ (see `mobilec devices --profiles`).")
-@click.option("--runs", default=50, show_default=True, help="Timed runs per repetition.")
-@click.option("--warmup", default=5, show_default=True, help="Untimed warm-up runs.")
-@click.option("--threads", default=1, show_default=True, help="Runtime threads.")
-@click.option("--repetitions", default=3, show_default=True, help="Repetitions (spread is reported).")
+@click.option("--runs", type=int, default=None, help="(default: the device profile's) Timed runs per repetition.")
+@click.option("--warmup", type=int, default=None, help="(default: the device profile's) Untimed warm-up runs.")
+@click.option("--threads", type=int, default=None, help="(default: the device profile's) Runtime threads.")
+@click.option("--repetitions", type=int, default=None, help="(default: the device profile's) Repetitions (spread is reported).")
 @click.option("--runner", type=click.Path(path_type=Path), default=None, help="On adb: executor_runner or benchmark_model binary to use.")
 @click.option("--allow-charging", is_flag=True, help="On adb: measure energy while charging (flagged).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the measurement as JSON.")
@@ -140,10 +140,10 @@ def profile(
     artifact: Path,
     device: str,
     profile_name: str | None,
-    runs: int,
-    warmup: int,
-    threads: int,
-    repetitions: int,
+    runs: int | None,
+    warmup: int | None,
+    threads: int | None,
+    repetitions: int | None,
     runner: Path | None,
     allow_charging: bool,
     json_out: Path | None,
@@ -225,13 +225,13 @@ def models() -> None:
 @_friendly
 def devices(show_profiles: bool) -> None:
     """List attached phones and emulators (adb), or the device profiles."""
-    from mobilec import profile as prof
+    from mobilec.profile import list_devices, list_profiles
 
     if show_profiles:
-        for name, desc in prof.list_profiles().items():
+        for name, desc in list_profiles().items():
             click.echo(f"{name:<18}  {desc}")
         return
-    found = prof.list_devices()
+    found = list_devices()
     if not found:
         click.echo("no devices attached (adb devices lists none)")
     for d in found:

@@ -67,8 +67,8 @@ def print_measurement(m: Any, console: Console | None = None) -> None:
         _size(d.get("peak_memory_bytes")),
     )
     console.print(table)
-    energy = d.get("energy")
-    if energy:
-        console.print(f"energy: {energy}")
+    energy = getattr(m, "energy", None)
+    if energy is not None:
+        console.print(f"energy: {energy.summary()}")
     for note in d.get("notes", []):
         console.print(f"note: {note}")
