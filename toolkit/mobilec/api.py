@@ -80,6 +80,7 @@ def export(
     allow_mismatch: bool = False,
     seed: int = 0,
     show_progress: bool = True,
+    profile: bool = True,
     command: str | None = None,
 ) -> RunResult:
     """Compress ``model`` with ``recipe``, export every target, verify each artifact on real data.
@@ -129,6 +130,8 @@ def export(
         ok = ok and passed
         if art is not None:
             artifacts.append(art)
+            if profile and (out_dir / ARTIFACT_NAMES[target]).exists():
+                _profile_into_report(art, compressed, ctx, rec)
     report.write(out_dir)
     return RunResult(out_dir=out_dir, report=report, ok=ok, artifacts=artifacts)
 
@@ -211,6 +214,33 @@ def _export_one(
         )
     ctx.report.artifacts.append(record)
     return artifact, result.passed or allow_mismatch
+
+
+def _profile_into_report(artifact: Any, model: torch.nn.Module, ctx: Any, rec: Recipe) -> None:
+    """Host latency/memory (and the labelled energy estimate) of a verified artifact, in its runtime."""
+    from mobilec.profile import profile_artifact
+    from mobilec.profile.energy import layer_work_from_model
+
+    executed = {layer.executed for layer in artifact.layers}
+    bits = 8 if executed and executed <= {"int8"} else 32
+    try:
+        work = layer_work_from_model(model, ctx.example_inputs[0], weight_bits=bits, activation_bits=bits)
+    except Exception as exc:  # the estimate is optional; say why it is missing
+        work = None
+        ctx.report.notes.append(f"no energy estimate for {artifact.target}: {type(exc).__name__}: {exc}")
+    m = profile_artifact(
+        artifact.path,
+        device="host",
+        runs=rec.profile.runs,
+        warmup=rec.profile.warmup,
+        threads=rec.profile.threads,
+        inputs=ctx.data.x_test[:32].numpy(),
+        show_progress=ctx.show_progress,
+        energy_layers=work if artifact.target == "executorch" else None,
+    )
+    entry = m.to_dict()
+    entry["latency_ms"].pop("samples", None)  # the report keeps the summary; repetitions keep the samples
+    ctx.report.profiles.append(entry)
 
 
 def profile(artifact: str | Path, *, device: str = "host", **kwargs: Any) -> Any:

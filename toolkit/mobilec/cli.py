@@ -74,6 +74,7 @@ def main() -> None:
 @click.option("--force", is_flag=True, help="Replace the files of an earlier run in --out.")
 @click.option("--allow-mismatch", is_flag=True, help="Keep artifacts that fail verification (flagged in the report).")
 @click.option("--seed", default=0, show_default=True, help="Seed for calibration sampling and training.")
+@click.option("--no-profile", is_flag=True, help="Skip host profiling of the verified artifacts.")
 @_friendly
 def export(
     recipe: str,
@@ -85,6 +86,7 @@ def export(
     force: bool,
     allow_mismatch: bool,
     seed: int,
+    no_profile: bool,
 ) -> None:
     """Compress a model with a recipe, export it, verify every artifact on the real test set."""
     from mobilec import api
@@ -108,6 +110,7 @@ def export(
             out=run_out,
             force=force,
             allow_mismatch=allow_mismatch,
+            profile=not no_profile,
             seed=seed,
             command=api.current_command(),
         )

@@ -89,7 +89,7 @@ def _fmt_bytes(n: int | None) -> str:
 def _fmt(x: Any, spec: str = ".4f") -> str:
     if x is None:
         return "-"
-    if isinstance(x, float):
+    if isinstance(x, int | float) and not isinstance(x, bool):
         return format(x, spec)
     return str(x)
 

@@ -46,7 +46,9 @@ def print_run_summary(result: Any, console: Console | None = None) -> None:
 
 
 def _num(x: Any, spec: str = ".4f") -> str:
-    return "-" if x is None else format(x, spec)
+    if x is None:
+        return "-"
+    return format(x, spec) if isinstance(x, int | float) else str(x)
 
 
 def print_measurement(m: Any, console: Console | None = None) -> None:
