@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import needs_fashion_mnist
 
 from mobilec.cli import main
-from tests.conftest import needs_fashion_mnist
 
 MODEL_SRC = """
 from torch import nn

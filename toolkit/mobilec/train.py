@@ -84,7 +84,9 @@ def fit(
 ) -> FitResult:
     """Train ``model`` on ``dataset``'s train split in place and return timings and per-epoch history.
 
-    SGD (Nesterov, momentum 0.9) or Adam, linear warm-up then cosine decay to 0, per-step.
+    SGD (Nesterov, momentum 0.9) or Adam (AdamW when ``weight_decay`` > 0), a linear warm-up of
+    ``warmup_epochs`` then per-step cosine decay to 0. ``augment`` applies a random crop (padding 2,
+    or 1 below 16 px) and, when ``dataset.hflip``, horizontal flips.
     With a ``teacher``, the loss is ``(1-kd_weight)·CE + kd_weight·T²·softCE(student/T, teacher/T)``.
     ``param_groups`` replaces the default groups (decay on weights, none on BN/bias); groups
     without ``lr`` / ``weight_decay`` get ``lr`` / ``weight_decay``; the schedule scales every

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from mobilec.quant import QuantPlan
 from torch import nn
+
+from mobilec.quant import QuantPlan
 
 
 @dataclass

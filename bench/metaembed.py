@@ -1,0 +1,261 @@
+"""Benchmark C2F meta-embeddings on MovieLens-100k: accuracy, embedding and artifact bytes, training time.
+
+Rows (all LightGCN, d=64, 3 layers, BPR, Adam, early stop on validation Recall@20):
+
+- ``lightgcn``: the full embedding table (the reference; trained once and cached);
+- ``c2f-coarse``: recipe c2f-coarse, given the coarse+fine codebook rows of c2f (same meta-embedding budget);
+- ``c2f``: recipe c2f (coarse then fine stage);
+- ``hash``: hashing-trick embeddings with c2f's codebook rows and non-zeros (same served bytes);
+- ``lightgcn-d<k>``: a full table narrowed to the largest width whose bytes fit c2f's served bytes.
+
+Recall/NDCG are of the served form, i.e. what the exported on-device scorer computes; every
+artifact is run in its real runtime (ExecuTorch, LiteRT) on every test user and must return
+the eager top-20 ids. Results: ``bench/results/metaembed.json`` and ``.md``.
+
+    python bench/metaembed.py                 # the full benchmark (an hour on 2 shared cores)
+    python bench/metaembed.py --quick         # a 200-user slice, a few epochs: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "toolkit") not in sys.path:
+    sys.path.insert(0, str(ROOT / "toolkit"))  # run from a checkout without installing
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="ml-100k", help="interaction data spec (default ml-100k)")
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--cache", type=Path, default=None, help="trained full-table models (default: $MOBILEC_CACHE or ~/.cache/mobilec)")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "metaembed", help="writes OUT.json and OUT.md")
+    p.add_argument("--work", type=Path, default=None, help="artifact folder (default: OUT-artifacts)")
+    p.add_argument("--rows", default="lightgcn,c2f-coarse,c2f,hash,lowdim", help="comma-separated subset of rows")
+    p.add_argument("--targets", default="executorch,tflite")
+    p.add_argument("--k", type=int, default=20, help="top-K of the on-device scorer")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on these small sparse graphs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="200-user slice, few epochs (smoke run; numbers meaningless)")
+    p.add_argument("--progress", action="store_true")
+    p.add_argument("--render-only", action="store_true", help="rewrite OUT.md from OUT.json and exit")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.render_only:
+        import json
+
+        from mobilec.io import write_text_atomic
+
+        write_text_atomic(args.out.with_suffix(".md"), render(json.loads(args.out.with_suffix(".json").read_text())))
+        return 0
+    import torch
+
+    from mobilec.io import write_json_atomic, write_text_atomic
+    from mobilec.passes.meta_embed import HashEmbed
+    from mobilec.recipe import Recipe
+    from mobilec.recsys import cache_dir, export_recommender, load_interactions, train_or_load_lightgcn
+    from mobilec.recsys.lightgcn import BPRConfig
+    from mobilec.recsys.metrics import evaluate_embeddings
+    from mobilec.report import machine_description
+
+    torch.set_num_threads(args.threads)
+    command = "python bench/metaembed.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    data = load_interactions(args.data, seed=args.seed)
+    if args.quick:
+        data = data.subset(200, seed=args.seed)
+    rows_wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
+    work = args.work or args.out.parent / f"{args.out.name}-artifacts"
+    cache = args.cache or cache_dir()
+    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+    ref_cfg = BPRConfig(epochs=30 if args.quick else 600, seed=args.seed, threads=args.threads)
+    quick_overrides = {"max_epochs": 10, "refresh_epochs": 5, "eval_every": 2, "patience": 2} if args.quick else {}
+
+    full_bytes = data.n_entities * args.dim * 4
+    result: dict[str, Any] = {
+        "benchmark": "metaembed",
+        "command": command,
+        "machine": machine_description(),
+        "data": data.describe(),
+        "dim": args.dim,
+        "layers": args.layers,
+        "top_k": args.k,
+        "full_table_bytes": full_bytes,
+        "metrics": "served form (what the exported scorer computes); test split; full ranking over all items, "
+                   "the user's train and validation items excluded",
+        "rows": [],
+    }
+
+    t0 = time.perf_counter()
+    reference, ref_info = train_or_load_lightgcn(data, cache, dim=args.dim, layers=args.layers, cfg=ref_cfg, progress=args.progress)
+    ref_seconds = ref_info["train_seconds"] if not ref_info["cached"] else ref_info.get("train_seconds")
+    print(f"reference LightGCN: {'cached' if ref_info['cached'] else 'trained'} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    def record(name: str, recipe: str, model: Any, summary: dict[str, Any], train_seconds: float | None, notes: str = "") -> None:
+        from mobilec.recsys import serving_form_of
+
+        form = serving_form_of(model, data)
+        served = evaluate_embeddings(*form.embeddings(), data, "test")
+        propagated = evaluate_embeddings(*model.final_embeddings(), data, "test")
+        out = export_recommender(model, data, work / name, targets, k=args.k)
+        arts = {a["target"]: a for a in out["artifacts"]}
+        row = {
+            "model": name,
+            "recipe": recipe,
+            "recall@20": served["recall@20"],
+            "ndcg@20": served["ndcg@20"],
+            "recall@10": served["recall@10"],
+            "ndcg@10": served["ndcg@10"],
+            "recall@50": served["recall@50"],
+            "ndcg@50": served["ndcg@50"],
+            "model_recall@20": propagated["recall@20"],
+            "model_ndcg@20": propagated["ndcg@20"],
+            "embedding_bytes": form.embedding_bytes(),
+            "embedding_fraction_of_full": form.embedding_bytes() / full_bytes,
+            "trained_embedding_bytes": model.embedding_bytes(),
+            "serving": out["serving"],
+            "artifact_bytes": {t: a["size_bytes"] for t, a in arts.items()},
+            "verification": {t: a["verification"] | {"status": a["status"]} for t, a in arts.items()},
+            "delegation": {t: a.get("delegation") for t, a in arts.items()},
+            "artifact_layers": {t: a.get("layers") for t, a in arts.items()},
+            "export_failures": out["failures"],
+            "train_seconds": train_seconds,
+            "summary": summary,
+            "machine": result["machine"],
+            "command": command,
+            "notes": notes,
+        }
+        result["rows"].append(row)
+        print(f"{name:>16}: recall@20 {row['recall@20']:.4f} ndcg@20 {row['ndcg@20']:.4f} (propagated {row['model_recall@20']:.4f}) "
+              f"embedding {row['embedding_bytes']} B ({row['embedding_fraction_of_full']:.3f} of full) artifacts {row['artifact_bytes']}"
+              f" train {train_seconds if train_seconds is None else round(train_seconds)} s", flush=True)
+        write_json_atomic(args.out.with_suffix(".json"), result)
+        write_text_atomic(args.out.with_suffix(".md"), render(result))
+
+    if "lightgcn" in rows_wanted:
+        record("lightgcn", "lightgcn", reference, {"reference_info": {k: v for k, v in ref_info.items() if k != "train"}}, ref_seconds,
+               "full table; the artifact stores the final propagated embeddings (serving shortcut, exact)"
+               + (" ; training time from the cached run" if ref_info["cached"] else ""))
+
+    c2f = Recipe.load("c2f")
+    coarse_pass, fine_pass = c2f.passes
+    if quick_overrides:
+        coarse_pass = dataclasses.replace(coarse_pass, **quick_overrides)
+        fine_pass = dataclasses.replace(fine_pass, **{k: v for k, v in quick_overrides.items() if k != "refresh_epochs"})
+
+    if "c2f" in rows_wanted:
+        model, ctx, secs = run_passes([coarse_pass, fine_pass], reference, data, args, work / "c2f")
+        s = ctx.report.passes[-1].summary
+        record("c2f", "c2f", model, _lean(s) | {"coarse": _lean(ctx.report.passes[0].summary)}, secs,
+               f"coarse c1={coarse_pass.c1}, t={coarse_pass.t}; fine c2={fine_pass.c2} (sparse, {s['fine_nonzeros']} non-zeros)")
+    if "c2f-coarse" in rows_wanted:
+        same_budget = dataclasses.replace(coarse_pass, c1=coarse_pass.c1 + fine_pass.c2)
+        model, ctx, secs = run_passes([same_budget], reference, data, args, work / "c2f-coarse")
+        record("c2f-coarse", f"c2f-coarse (c1={same_budget.c1})", model, _lean(ctx.report.passes[-1].summary), secs,
+               f"c1 = {coarse_pass.c1} + {fine_pass.c2}: the coarse and (dense-counted) fine codebook rows of c2f")
+    if "hash" in rows_wanted:
+        hp = HashEmbed(c=coarse_pass.c1, t=coarse_pass.t, **{f: getattr(coarse_pass, f) for f in _TRAIN_FIELDS},
+                       **({"max_epochs": 10, "eval_every": 2, "patience": 2} if args.quick else {}))
+        model, ctx, secs = run_passes([hp], reference, data, args, work / "hash")
+        record("hash", f"hash_embed (c={hp.c}, t={hp.t})", model, _lean(ctx.report.passes[-1].summary), secs,
+               "hashing trick: t seeded-hash rows of a shared table, weights 1/t while training; served form fitted like c2f's")
+    if "lowdim" in rows_wanted:
+        c2f_row = next((r for r in result["rows"] if r["model"] == "c2f"), None)
+        budget = c2f_row["embedding_bytes"] if c2f_row else full_bytes // 10
+        dim = max(1, budget // (data.n_entities * 4))
+        t1 = time.perf_counter()
+        low, low_info = train_or_load_lightgcn(data, cache, dim=dim, layers=args.layers, cfg=ref_cfg, progress=args.progress)
+        secs = low_info["train_seconds"]
+        record(f"lightgcn-d{dim}", "lightgcn (narrow table)", low, {"cached": low_info["cached"], "wall_seconds": time.perf_counter() - t1},
+               secs, f"full table of width {dim}: the widest whose bytes fit c2f's served bytes ({budget} B)")
+
+    print(f"wrote {args.out.with_suffix('.json')} and .md", flush=True)
+    return 0
+
+
+_TRAIN_FIELDS = ("lr", "batch_size", "reg", "eval_every", "patience", "max_epochs", "max_minutes", "threads",
+                 "serve_fit_iters", "serve_tune_epochs", "min_epochs")
+
+
+def run_passes(passes: list[Any], reference: Any, data: Any, args: argparse.Namespace, workdir: Path) -> tuple[Any, Any, float]:
+    from mobilec.context import Context
+    from mobilec.report import RunReport
+
+    report = RunReport(recipe="bench", model={"name": "lightgcn"}, data=data.describe())
+    ctx = Context(data=data, workdir=workdir, report=report, example_inputs=(), teacher=reference, seed=args.seed,
+                  show_progress=args.progress)
+    model = copy.deepcopy(reference)
+    t0 = time.perf_counter()
+    for p in passes:
+        if args.progress:
+            p = dataclasses.replace(p, progress=True)
+        model = p.apply(model, ctx)
+    seconds = time.perf_counter() - t0  # every pass in full: training, refreshes, serving-form fit and tuning
+    print(f"  passes {[p.name for p in passes]}: {seconds:.0f} s", flush=True)
+    return model, ctx, seconds
+
+
+def _lean(summary: dict[str, Any]) -> dict[str, Any]:
+    drop = {"phases", "fine", "train"}
+    out = {k: v for k, v in summary.items() if k not in drop}
+    for key in ("phases", "fine", "train"):
+        if key in summary:  # keep the outcome of each phase, not its epoch history
+            val = summary[key]
+            if isinstance(val, dict) and "history" in val:
+                out[key] = {k: v for k, v in val.items() if k != "history"}
+            elif isinstance(val, dict):
+                out[key] = {n: ({k: v for k, v in ph.items() if k != "history"} if isinstance(ph, dict) else ph) for n, ph in val.items()}
+    return out
+
+
+def render(res: dict[str, Any]) -> str:
+    lines = [
+        "# C2F meta-embeddings on MovieLens-100k",
+        "",
+        f"- command: `{res['command']}`",
+        f"- machine: {res['machine'].get('cpu')} ({res['machine'].get('cores')} cores, shared with other jobs)",
+        f"- data: {res['data']['name']} ({res['data']['positives']} as positives), {res['data']['n_users']} users, "
+        f"{res['data']['n_items']} items, split {res['data']['split']} (seed {res['data']['split_seed']})",
+        f"- LightGCN d={res['dim']}, {res['layers']} layers; full embedding table {res['full_table_bytes']} bytes",
+        f"- metrics: {res['metrics']}; top-{res['top_k']} scorer verified in ExecuTorch and LiteRT on every test user",
+        "",
+        "| model | recipe | recall@20 | ndcg@20 | recall@20 propagated | embedding bytes | of full | .pte bytes | .tflite bytes "
+        "| identical top-20 (pte / tflite) | train s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in res["rows"]:
+        ver = r["verification"]
+        ident = " / ".join(f"{ver[t]['identical_topk']}/{ver[t]['users']}" if t in ver else "-" for t in ("executorch", "tflite"))
+        ab = r["artifact_bytes"]
+        secs = "-" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
+        lines.append(
+            f"| {r['model']} | {r['recipe']} | {r['recall@20']:.4f} | {r['ndcg@20']:.4f} | {r['model_recall@20']:.4f} "
+            f"| {r['embedding_bytes']} | {r['embedding_fraction_of_full']:.3f} | {ab.get('executorch', '-')} | {ab.get('tflite', '-')} "
+            f"| {ident} | {secs} |"
+        )
+    lines.append("")
+    ref = next((r for r in res["rows"] if r["model"] == "lightgcn"), None)
+    if ref:
+        lines.append("Recall@20 relative to the full table: " + ", ".join(
+            f"{r['model']} {r['recall@20'] / ref['recall@20']:.3f}" for r in res["rows"] if r is not ref) + ".")
+        lines.append("")
+    for r in res["rows"]:
+        errs = ", ".join(f"{t} {v['max_abs_score_error']:.2e}" for t, v in r["verification"].items())
+        lines.append(f"- **{r['model']}**: {r['notes']}; max abs score error {errs or '-'}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

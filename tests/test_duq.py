@@ -1,0 +1,271 @@
+"""DuQ quantizers (grids, gradients, init rules) and the conversion of float models into DuQ models."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mobilec.errors import MobilecError
+from mobilec.models.zoo import HSWISH_MIN, PaddedConv2d, mobilenet_v2, mobilenet_v3_small
+from mobilec.passes.quant.duq import DuQuantizer, Int8FakeQuant, grid_levels
+from mobilec.passes.quant.qmodules import (
+    QConv2d,
+    QLinear,
+    accumulator_lsb,
+    convert_to_duq,
+    duq_plan,
+    enable_quantizers,
+    fold_batchnorm,
+    init_activation_quantizers,
+    init_weight_quantizers,
+    quant_layers,
+    weight_sum,
+)
+
+
+class TinyNet(nn.Module):
+    """Every DuQ case in a few hundred parameters: ReLU6, a residual add, h-swish with negative
+    padding, a squeeze-excite gate, average pooling and a linear head (8×8 inputs)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU6())
+        self.pw = nn.Sequential(nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8))
+        self.expand = nn.Sequential(nn.Conv2d(8, 16, 1, bias=False), nn.BatchNorm2d(16), nn.Hardswish())
+        self.dw2 = nn.Sequential(PaddedConv2d(16, 16, 3, stride=2, groups=16, pad_value=HSWISH_MIN), nn.BatchNorm2d(16),
+                                 nn.Hardswish())
+        self.se1 = nn.Conv2d(16, 8, 1)
+        self.se2 = nn.Conv2d(8, 16, 1)
+        self.project = nn.Sequential(nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.pw(self.dw(x))
+        x = self.dw2(self.expand(x))
+        s = F.hardsigmoid(self.se2(F.relu(self.se1(x.mean((2, 3), keepdim=True)))))
+        x = self.project(x * s)
+        return self.head(x.mean((2, 3)))
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+    return model.eval()
+
+
+def quantized_tiny(bits: int = 4, *, per_channel: bool = False, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    qm = convert_to_duq(randomize_bn(TinyNet(), seed), weight_bits=bits, act_bits=bits, per_channel=per_channel)
+    init_activation_quantizers(qm, torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(seed)))
+    init_weight_quantizers(qm)
+    return qm.eval()
+
+
+# ----------------------------------------------------------------------------- quantizer grids
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
+@pytest.mark.parametrize("kind", ["signed", "unsigned", "hswish"])
+def test_grid_is_exact(kind: str, bits: int) -> None:
+    q = DuQuantizer(kind, bits)
+    q.set_range(torch.tensor(1.7), torch.tensor(0.9))
+    a, c = float(q.a()), float(q.c())
+    k = grid_levels(kind, bits)
+    x = torch.linspace(-4, 4, 20001)
+    y = q(x).detach().double()
+    off = 3 / 8 if kind == "hswish" else 0.0
+    codes = (y + off) * k / c
+    assert torch.allclose(codes, codes.round(), atol=1e-4), "outputs must lie on c/k·integer (- 3/8)"
+    levels = codes.round().unique()
+    lo = -k if kind == "signed" else 0
+    assert levels.min() == lo and levels.max() == k
+    assert len(levels) == (2 * k + 1 if kind == "signed" else k + 1)
+    assert len(levels) <= 2**bits
+    # the reference formula, written out
+    u = ((x.double() + off) / a).clamp(-1.0 if kind == "signed" else 0.0, 1.0)
+    ref = c * torch.round(u * k) / k - off
+    differ = (y - ref).abs() > 1e-6
+    tie = ((u * k) - (u * k).floor() - 0.5).abs() < 1e-4  # float32 vs float64 may round a tie either way
+    assert not (differ & ~tie).any()
+    assert torch.all(y[1:] >= y[:-1] - 1e-9), "monotone"
+
+
+def test_signed_4bit_has_15_levels_and_hswish_minimum_is_exact() -> None:
+    q = DuQuantizer("signed", 4)
+    q.set_range(torch.tensor(1.0))
+    assert len(q(torch.linspace(-2, 2, 1001)).detach().unique()) == 15
+    h = DuQuantizer("hswish", 4)
+    h.set_range(torch.tensor(2.0), torch.tensor(1.3))
+    assert float(h(torch.tensor(HSWISH_MIN))) == pytest.approx(HSWISH_MIN, abs=1e-7)  # negative padding is on the grid
+
+
+@pytest.mark.parametrize("kind", ["signed", "unsigned", "hswish"])
+def test_gradients_reach_a_and_c(kind: str) -> None:
+    torch.manual_seed(0)
+    q = DuQuantizer(kind, 4)
+    q.set_range(torch.tensor(1.2), torch.tensor(0.8))
+    x = (torch.randn(500) * 1.5).requires_grad_(True)
+    g = torch.randn(500)
+    (q(x) * g).sum().backward()
+    assert q.a_raw.grad is not None and q.c_raw.grad is not None
+    assert abs(float(q.a_raw.grad)) > 0 and abs(float(q.c_raw.grad)) > 0
+    # closed form with a straight-through round
+    a, c = float(q.a()), float(q.c())
+    off = 3 / 8 if kind == "hswish" else 0.0
+    lo = -1.0 if kind == "signed" else 0.0
+    k = q.levels
+    u = (x.detach() + off) / a
+    inside = (u > lo) & (u < 1)
+    r = torch.round(u.clamp(lo, 1) * k) / k
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731  d softplus / d raw
+    grad_c = float((g * r).sum()) * sig(float(q.c_raw))
+    grad_a = float((g * c * (-u / a) * inside).sum()) * sig(float(q.a_raw))
+    assert float(q.c_raw.grad) == pytest.approx(grad_c, rel=1e-4)
+    assert float(q.a_raw.grad) == pytest.approx(grad_a, rel=1e-4)
+    assert torch.allclose(x.grad, g * (c / a) * inside, atol=1e-6)
+
+
+def test_activation_init_is_95th_percentile_of_positive_values() -> None:
+    x = torch.cat([torch.zeros(1000), torch.arange(1, 101).float()])
+    q = DuQuantizer("unsigned", 4)
+    v = q.init_activation(x)  # (2^-12 above the observed value, off the data's rounding ties)
+    assert v == pytest.approx(95.0, rel=1e-3)
+    assert float(q.a()) == pytest.approx(95.0, rel=1e-3) and float(q.c()) == pytest.approx(95.0, rel=1e-3)
+    q6 = DuQuantizer("unsigned", 4)
+    assert q6.init_activation(x, cap=6.0) == pytest.approx(6.0, rel=1e-3)  # ReLU6 caps at 6
+    s = DuQuantizer("signed", 4)
+    assert s.init_activation(-x) == pytest.approx(95.0, rel=1e-3)  # |x| for signed tensors
+    h = DuQuantizer("hswish", 4)
+    assert h.init_activation(x - 3 / 8) == pytest.approx(95.0, rel=1e-3)  # x + 3/8 for h-swish
+
+
+def test_weight_init_is_0_9_max_abs() -> None:
+    w = torch.tensor([[1.0, -3.0], [0.5, 2.0]])
+    q = DuQuantizer("signed", 4)
+    q.init_weight(w)
+    assert float(q.a()) == pytest.approx(2.7, rel=1e-5) and float(q.c()) == pytest.approx(2.7, rel=1e-5)
+    pc = DuQuantizer("signed", 4, channels=2)
+    pc.init_weight(w)
+    assert torch.allclose(pc.a(), torch.tensor([2.7, 1.8]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("bits", [0, 1, 9, 16])
+def test_bits_outside_2_to_8_are_rejected(bits: int) -> None:
+    with pytest.raises(MobilecError, match="outside the supported range 2..8"):
+        DuQuantizer("signed", bits)
+    with pytest.raises(MobilecError, match="weight_bits"):
+        convert_to_duq(TinyNet(), weight_bits=bits, act_bits=4)
+
+
+def test_int8_fake_quant_contains_zero_and_freezes_in_eval() -> None:
+    fq = Int8FakeQuant().train()
+    fq(torch.linspace(0.5, 3.0, 100))
+    scale, zp = fq.qparams()
+    assert zp == -128 and scale == pytest.approx(3.0 / 255, rel=1e-6)
+    fq.eval()
+    fq(torch.full((10,), 100.0))
+    assert fq.qparams() == (scale, zp)
+    y = fq(torch.tensor([0.0, 1.0, 10.0]))
+    assert float(y[0]) == 0.0 and float(y[2]) == pytest.approx(3.0, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- conversion
+def test_kinds_follow_the_activation_feeding_each_layer() -> None:
+    qm = convert_to_duq(TinyNet(), weight_bits=4, act_bits=4, first_last_bits=8)
+    plan = duq_plan(qm)
+    kinds = {n: lp.act_kind for n, lp in plan.layers.items()}
+    assert kinds == {
+        "stem.0": "signed",  # the model input
+        "dw.0": "unsigned",  # ReLU6
+        "pw.0": "unsigned",
+        "expand.0": "signed",  # the residual add
+        "dw2.0.conv": "hswish",  # h-swish, padded with -3/8
+        "se1": "hswish",  # mean of h-swish
+        "se2": "unsigned",  # ReLU
+        "project.0": "hswish",  # h-swish · hard-sigmoid gate
+        "head": "unsigned",  # mean of ReLU
+    }
+    assert plan.layers["stem.0"].role == "first" and plan.layers["head"].role == "last"
+    layers = dict(quant_layers(qm))
+    assert layers["stem.0"].act_q.bits == 8 and layers["head"].weight_q.bits == 8 and layers["dw.0"].act_q.bits == 4
+    assert isinstance(layers["head"], QLinear) and isinstance(layers["dw2.0.conv"], QConv2d)
+    # outputs: the stem feeds the residual add and dw → int8; dw → pw only (same unsigned grid) → fused
+    assert plan.layers["stem.0"].out_fq is not None and plan.layers["dw.0"].fused_into == "pw.0"
+    assert plan.layers["se1"].fused_into == "se2" and plan.layers["head"].out_fq is not None
+
+
+def test_zoo_mobilenets_convert() -> None:
+    v2 = duq_plan(convert_to_duq(mobilenet_v2(), weight_bits=4, act_bits=4))
+    assert {lp.act_kind for lp in v2.layers.values()} == {"signed", "unsigned"}
+    v3 = duq_plan(convert_to_duq(mobilenet_v3_small(), weight_bits=4, act_bits=4))
+    padded = [lp for n, lp in v3.layers.items() if n.endswith(".conv")]  # PaddedConv2d depthwise convs
+    assert padded and all(lp.act_kind == "hswish" for lp in padded if "Hardswish" in lp.act_source)
+    assert not v3.notes  # every h-swish conv with spatial padding pads with -3/8
+
+
+def test_zero_padded_conv_after_hswish_falls_back_to_signed() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Hardswish(), nn.Conv2d(4, 4, 3, padding=1))
+    plan = duq_plan(convert_to_duq(model, weight_bits=4, act_bits=4))
+    assert plan.layers["2"].act_kind == "signed" and "negative padding" in plan.layers["2"].note
+
+
+@pytest.mark.parametrize("act", [nn.GELU(), nn.SiLU(), nn.Sigmoid(), nn.LeakyReLU()])
+def test_unknown_activation_is_named(act: nn.Module) -> None:
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), act, nn.Conv2d(4, 4, 3))
+    with pytest.raises(MobilecError, match=rf"activation {type(act).__name__}.*layer '2'"):
+        convert_to_duq(model, weight_bits=4, act_bits=4)
+    # ignoring the layer keeps it float
+    plan = duq_plan(convert_to_duq(model, weight_bits=4, act_bits=4, select=lambda name, _m: name != "2"))
+    assert list(plan.layers) == ["0"]
+
+
+def test_untraceable_model_is_a_clear_error() -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x) if x.sum() > 0 else -self.conv(x)
+
+    with pytest.raises(MobilecError, match="torch.fx-traceable"):
+        convert_to_duq(Branchy(), weight_bits=4, act_bits=4)
+
+
+def test_disabled_quantizers_give_the_float_model() -> None:
+    torch.manual_seed(0)
+    model = randomize_bn(TinyNet())
+    qm = convert_to_duq(model, weight_bits=4, act_bits=4)
+    init_activation_quantizers(qm, torch.randn(32, 1, 8, 8))
+    init_weight_quantizers(qm)
+    enable_quantizers(qm.eval(), acts=False, weights=False)
+    x = torch.randn(8, 1, 8, 8)
+    assert torch.allclose(qm(x), model(x), atol=1e-5)
+    enable_quantizers(qm, acts=True, weights=True)
+    assert not torch.allclose(qm(x), model(x), atol=1e-3)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_fold_batchnorm_keeps_the_function_and_snaps_bias(per_channel: bool) -> None:
+    qm = quantized_tiny(4, per_channel=per_channel)
+    x = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = qm(x)
+        fold_batchnorm(qm)
+        after = qm(x)
+    assert (before.argmax(1) == after.argmax(1)).float().mean() >= 0.95
+    assert (before - after).abs().max() < 0.25 * before.abs().max()
+    for _name, layer in quant_layers(qm):
+        shift = layer.act_q.offset * layer.out_scale * weight_sum(layer)
+        units = (layer.bias.detach() - shift) / accumulator_lsb(layer)
+        assert torch.allclose(units, units.round(), atol=2e-3), "the bias must sit on the integer accumulator grid"
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in qm.modules())

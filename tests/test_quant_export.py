@@ -1,0 +1,75 @@
+"""DuQ → integer artifacts: the deploy graph equals the eager fake-quant model, and so do the real runtimes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_duq import quantized_tiny
+
+from mobilec.errors import MobilecError
+from mobilec.passes.quant.lowering import build_deploy_module, lower_duq
+from mobilec.passes.quant.qmodules import fold_batchnorm
+
+
+def digits_like(n: int = 120, seed: int = 3) -> torch.Tensor:
+    from mobilec.data import load_dataset
+
+    return load_dataset("digits").x_test[:n].clone() if seed == 3 else torch.randn(n, 1, 8, 8)
+
+
+@pytest.mark.parametrize(("bits", "per_channel"), [(4, False), (3, True), (2, False), (8, False)])
+def test_deploy_graph_equals_the_eager_model(bits: int, per_channel: bool) -> None:
+    qm = fold_batchnorm(quantized_tiny(bits, per_channel=per_channel))
+    x = digits_like()
+    for fold in (True, False):
+        deploy, infos = build_deploy_module(qm, fold_weights=fold)
+        with torch.no_grad():
+            ref, out = qm(x), deploy(x)
+        assert torch.equal(ref.argmax(1), out.argmax(1))
+        assert float((ref - out).abs().max()) <= 1e-5 * float(ref.abs().max())
+    assert {i.name for i in infos} >= {"stem.0", "dw2.0.conv", "head"}
+    body = [i for i in infos if i.name not in ("stem.0", "head")]
+    assert all(i.weight_bits == bits and i.act_bits == bits for i in body)
+
+
+def test_lowering_needs_a_folded_duq_model() -> None:
+    with pytest.raises(MobilecError, match="not folded"):
+        build_deploy_module(quantized_tiny(4))
+    with pytest.raises(MobilecError, match="not a DuQ model"):
+        build_deploy_module(torch.fx.symbolic_trace(torch.nn.Linear(2, 2)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["executorch", "tflite"])
+def test_artifact_runs_the_same_integers(target: str, tmp_path) -> None:
+    from mobilec.runtimes import open_artifact
+
+    qm = fold_batchnorm(quantized_tiny(4))
+    x = digits_like()
+    path = tmp_path / ("m.pte" if target == "executorch" else "m.tflite")
+    art = lower_duq(qm, target, (x[:1],), path)
+    assert path.is_file() and art.size_bytes == path.stat().st_size and art.reference is qm
+    session = open_artifact(path)
+    out = np.concatenate([session.run(x[i:i + 1].numpy()) for i in range(len(x))])
+    with torch.no_grad():
+        ref = qm(x).numpy()
+    assert (out.argmax(1) == ref.argmax(1)).mean() == 1.0
+    assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
+    # every conv/linear is stored as int8 codes on its DuQ grid and executed int8
+    names = {layer.name for layer in art.layers}
+    assert names == {"stem.0", "dw.0", "pw.0", "expand.0", "dw2.0.conv", "se1", "se2", "project.0", "head"}
+    assert all(layer.stored == "int8" and layer.executed == "int8" for layer in art.layers)
+    by = {layer.name: layer for layer in art.layers}
+    assert by["dw.0"].info_bits == 4 and by["stem.0"].info_bits == 8
+    assert by["pw.0"].packed_bytes < by["pw.0"].stored_bytes
+    assert not [n for n in art.notes if n.startswith("layer table")]
+    if target == "executorch":  # every conv/linear and every quantize/dequantize runs inside XNNPACK
+        left = set(art.delegation["not_delegated"])
+        assert not {op for op in left if "conv" in op or "linear" in op or "quantize" in op}
+
+
+def test_onnx_is_refused_with_a_fix(tmp_path) -> None:
+    qm = fold_batchnorm(quantized_tiny(4))
+    with pytest.raises(MobilecError, match="executorch, tflite"):
+        lower_duq(qm, "onnx", (digits_like()[:1],), tmp_path / "m.onnx")

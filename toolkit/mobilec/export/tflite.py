@@ -1,0 +1,146 @@
+"""TFLite / LiteRT exporter via ``litert_torch.convert``; int8 via litert-torch's PT2E quantizer.
+
+>>> art = TFLiteExporter().export(model, (x[:1],), Path("out/model.tflite"))   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mobilec.errors import ExportError
+from mobilec.export import (
+    batch1_example,
+    check_calibration,
+    failing_module,
+    first_line,
+    ops_in_message,
+    pt2e_quantize,
+    smoke_check,
+    torch_export,
+)
+from mobilec.export.base import Artifact
+from mobilec.export.layers import check_layers, layer_bits, summarize, tflite_records
+from mobilec.io import atomic_path
+from mobilec.quant import QuantPlan
+
+
+class TFLiteExporter:
+    """Writes a ``.tflite`` (runs on LiteRT's CPU kernels / XNNPACK delegate). int8 uses litert-torch's
+    ``PT2EQuantizer`` (per-channel symmetric weights, static per-tensor activations) calibrated on the
+    given real batches; the converted model then has int8 input and output tensors."""
+
+    target = "tflite"
+    suffix = ".tflite"
+
+    def export(
+        self,
+        model: nn.Module,
+        example_inputs: tuple[torch.Tensor, ...],
+        out_path: Path,
+        *,
+        quant: QuantPlan | None = None,
+        calibration: Sequence[torch.Tensor] = (),
+    ) -> Artifact:
+        out_path = Path(out_path)
+        example = batch1_example(example_inputs, self.target)
+        was_training = model.training
+        model.eval()
+        try:
+            with _quiet_litert():
+                return self._export(model, example, out_path, quant, calibration)
+        finally:
+            model.train(was_training)
+
+    def _export(self, model: nn.Module, example: torch.Tensor, out_path: Path, quant: QuantPlan | None,
+                calibration: Sequence[torch.Tensor]) -> Artifact:
+        import litert_torch
+
+        notes: list[str] = []
+        kwargs = {}
+        t0 = time.perf_counter()
+        if quant is not None:
+            from litert_torch.quantize import pt2e_quantizer
+            from litert_torch.quantize.quant_config import QuantConfig
+
+            batches = check_calibration(calibration, example, self.target)
+            quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+                pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=quant.per_channel, is_dynamic=False))
+            # litert-torch lowers the explicit quantize/dequantize ops itself: keep them unfolded
+            reference: nn.Module = pt2e_quantize(model, example, batches, quantizer, self.target, fold_quantize=False)
+            reference_name = "PT2E int8 simulation (litert-torch PT2EQuantizer + convert_pt2e)"
+            kwargs["quant_config"] = QuantConfig(pt2e_quantizer=quantizer)
+            notes.append(f"int8: litert-torch PT2EQuantizer, {'per-channel' if quant.per_channel else 'per-tensor'} symmetric "
+                         f"weights, static per-tensor activations (HistogramObserver) calibrated on {sum(len(b) for b in batches)} "
+                         "real samples")
+        else:
+            reference = model
+            reference_name = "eager model (fp32)"
+        try:
+            edge_model = litert_torch.convert(reference, (example,), **kwargs)
+        except Exception as exc:
+            if quant is None:
+                torch_export(model, example, self.target)  # a torch.export problem gets its own, clearer error
+            where = failing_module(model, exc)
+            ops = ops_in_message(str(exc))
+            raise ExportError(
+                f"tflite: litert_torch.convert failed{f' in module {where}' if where else ''}"
+                + (f" on op {', '.join(ops[:3])}" if ops else "") + f": {type(exc).__name__}: {first_line(exc)}",
+                hint="replace that op with one LiteRT supports, or export to executorch/onnx",
+            ) from exc
+        with atomic_path(out_path) as tmp:
+            edge_model.export(str(tmp))
+        seconds = time.perf_counter() - t0
+
+        diff, session_notes = smoke_check(out_path, self.target, example, reference)
+        notes += session_notes
+        size = out_path.stat().st_size
+        records = tflite_records(out_path)
+        layers, problems = layer_bits(model, records)
+        problems += check_layers(layers, model, file_size=size)
+        if layers:
+            notes.append(summarize(layers, size) + " (per-layer types read from the .tflite tensors)")
+        notes += [f"layer table: {p}" for p in problems]
+        ops = _op_histogram(out_path)
+        notes.append("TFLite ops: " + ", ".join(f"{k} x{v}" for k, v in ops.items()))
+        notes.append(f"exported in {seconds:.1f} s; example input max |artifact - reference| = {diff:.3g}")
+        return Artifact(target=self.target, path=out_path, size_bytes=size, layers=layers, notes=notes,
+                        reference=reference, reference_name=reference_name)
+
+
+def _op_histogram(path: Path) -> dict[str, int]:
+    """Builtin op counts of the model's main subgraph, read from the flatbuffer."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(path.read_bytes(), 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        oc = model.OperatorCodes(i)
+        code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
+        codes.append(names.get(code, f"op{code}") if code != schema.BuiltinOperator.CUSTOM else
+                     "CUSTOM:" + (oc.CustomCode() or b"?").decode())
+    sg = model.Subgraphs(0)
+    return dict(Counter(codes[sg.Operators(j).OpcodeIndex()] for j in range(sg.OperatorsLength())).most_common())
+
+
+@contextlib.contextmanager
+def _quiet_litert() -> Iterator[None]:
+    """litert-torch prints a progress log per conversion stage; mobilec shows its own progress."""
+    key = "LITERT_TORCH_SHOW_PROGRESS"
+    old = os.environ.get(key)
+    os.environ[key] = "n"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old

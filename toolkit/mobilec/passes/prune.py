@@ -1,0 +1,194 @@
+"""Magnitude pruning and low-bit quantization of fully connected layers (Deep Compression style).
+
+Used by the ``tac`` pass for its FC layers (Qian & Wang, arXiv 1907.05271 §3; Han et al.,
+Deep Compression, arXiv 1510.00149):
+
+- **Pruning** is unstructured and layer-wise: each layer loses exactly
+  ``round(sparsity · numel)`` weights, the smallest in magnitude. Weights pruned at an
+  earlier step stay pruned (the mask only ever loses ones). The iterative ramp is the
+  cubic schedule of Zhu & Gupta (arXiv 1710.01878), ``s_i = s · (1 − (1 − i/n)³)`` for
+  steps ``i = 1..n``, with fine-tuning between steps. The mask is a buffer multiplied into
+  the weight on every forward, so pruned weights stay exactly zero while training.
+- **Quantization** of the surviving weights is symmetric, uniform and per output channel:
+  ``q = clamp(round(w / Δ), −Q, Q)``, ``Q = 2^(bits−1) − 1``, ``Δ = max|w_row| / Q``
+  (recomputed from the current weights on every forward; straight-through gradient). Zero is
+  a grid point, so pruned weights stay zero. A uniform grid was chosen over Deep
+  Compression's k-means codebook because it maps one-to-one onto an int8 per-channel
+  kernel (the integers are the artifact's weights, Δ its per-channel scale); a codebook
+  would need a gather that no int8 kernel executes.
+
+>>> fc = PrunedQuantLinear.from_linear(nn.Linear(16, 4))
+>>> fc.set_sparsity(0.5); fc.bits = 3
+>>> int((fc.effective_weight() == 0).sum()) >= 32
+True
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def cubic_sparsity_schedule(target: float, steps: int) -> list[float]:
+    """Sparsities of ``steps`` pruning steps ramping to ``target`` (Zhu & Gupta's cubic ramp).
+
+    >>> [round(s, 3) for s in cubic_sparsity_schedule(0.9, 3)]
+    [0.633, 0.867, 0.9]
+    """
+    if not 0.0 <= target < 1.0:
+        raise ValueError(f"target sparsity must lie in [0, 1), got {target}")
+    if steps < 1:
+        raise ValueError(f"need at least one pruning step, got {steps}")
+    return [target * (1.0 - (1.0 - i / steps) ** 3) for i in range(1, steps + 1)]
+
+
+def magnitude_mask(weight: torch.Tensor, sparsity: float, previous: torch.Tensor | None = None) -> torch.Tensor:
+    """A 0/1 mask (weight's dtype) pruning exactly ``round(sparsity·numel)`` smallest-magnitude weights.
+
+    Entries already pruned in ``previous`` are pruned first, so successive masks are nested.
+    Ties are broken by position (stable sort), so the count is exact.
+
+    >>> m = magnitude_mask(torch.tensor([[0.1, -3.0], [2.0, 0.5]]), 0.5)
+    >>> m.tolist()
+    [[0.0, 1.0], [1.0, 0.0]]
+    """
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must lie in [0, 1), got {sparsity}")
+    n = weight.numel()
+    k = round(sparsity * n)
+    scores = weight.detach().abs().flatten().to(torch.float64)
+    if previous is not None:
+        already = previous.flatten() == 0
+        if int(already.sum()) > k:
+            raise ValueError(f"the previous mask prunes {int(already.sum())} weights, more than the {k} asked for")
+        scores = scores.masked_fill(already, -1.0)
+    mask = torch.ones(n, dtype=weight.dtype, device=weight.device)
+    if k:
+        order = torch.argsort(scores, stable=True)
+        mask[order[:k]] = 0
+    return mask.view_as(weight)
+
+
+def quantize_symmetric(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-output-channel symmetric uniform grid: returns ``(integers, scale)`` with ``weight ≈ integers·scale``.
+
+    ``scale`` has shape (out, 1, ...) and is 1 for an all-zero row (whose integers are 0).
+    """
+    if not 2 <= bits <= 8:
+        raise ValueError(f"bits must lie in 2..8, got {bits}")
+    qmax = 2 ** (bits - 1) - 1
+    dims = tuple(range(1, weight.ndim))
+    amax = weight.detach().abs().amax(dim=dims, keepdim=True)
+    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    q = torch.clamp(torch.round(weight.detach() / scale), -qmax, qmax)
+    return q, scale
+
+
+def fake_quantize_symmetric(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """``integers·scale`` of :func:`quantize_symmetric`, with a straight-through gradient to ``weight``."""
+    q, scale = quantize_symmetric(weight, bits)
+    return weight + (q * scale - weight).detach()
+
+
+class PrunedQuantLinear(nn.Linear):
+    """``nn.Linear`` whose effective weight is ``Q_bits(weight · mask)`` (mask: fixed 0/1 buffer).
+
+    ``bits = None`` means no quantization (pruning only). The mask is enforced on every
+    forward, so gradients of pruned weights are zero and the effective weight keeps exactly
+    the mask's zeros whatever the optimiser does.
+
+    >>> fc = PrunedQuantLinear.from_linear(nn.Linear(8, 2), bits=4)
+    >>> fc.set_sparsity(0.25)
+    >>> fc.sparsity()
+    0.25
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, bits: int | None = None) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self.register_buffer("mask", torch.ones_like(self.weight))
+        self.register_buffer("qbits", torch.tensor(0, dtype=torch.int64))  # 0: not quantized (saved with the mask)
+        self.bits = bits
+
+    @property
+    def bits(self) -> int | None:
+        """Bit width of the surviving weights' grid, or None (pruning only)."""
+        b = int(self.qbits)
+        return b or None
+
+    @bits.setter
+    def bits(self, value: int | None) -> None:
+        if value is not None and not 2 <= value <= 8:
+            raise ValueError(f"bits must lie in 2..8 or be None, got {value}")
+        self.qbits.fill_(value or 0)
+
+    @classmethod
+    def from_linear(cls, fc: nn.Linear, *, bits: int | None = None) -> PrunedQuantLinear:
+        new = cls(fc.in_features, fc.out_features, fc.bias is not None, bits=bits)
+        new.to(device=fc.weight.device, dtype=fc.weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(fc.weight)
+            if fc.bias is not None:
+                new.bias.copy_(fc.bias)
+        new.train(fc.training)
+        return new
+
+    def set_sparsity(self, sparsity: float) -> None:
+        """Prune (nested with the current mask) to exactly ``round(sparsity·numel)`` zeros."""
+        with torch.no_grad():
+            self.mask.copy_(magnitude_mask(self.weight, sparsity, previous=self.mask))
+
+    def sparsity(self) -> float:
+        """Fraction of weights the mask prunes."""
+        return float((self.mask == 0).sum()) / self.mask.numel()
+
+    def effective_weight(self) -> torch.Tensor:
+        w = self.weight * self.mask
+        return fake_quantize_symmetric(w, self.bits) if self.bits is not None else w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.effective_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, bits={self.bits}, sparsity={self.sparsity():.3f}"
+
+
+def sparse_storage_bytes(weight: torch.Tensor, bits: float) -> dict[str, int]:
+    """Bytes a pruned, ``bits``-bit weight matrix (out × in) would take in compact formats.
+
+    - ``dense_packed``: every weight at ``bits`` bits;
+    - ``csr``: values at ``bits`` bits + 16-bit column indices (32-bit when in > 65536)
+      + 32-bit row pointers;
+    - ``bitmask``: one bit per position + the non-zeros at ``bits`` bits.
+
+    Per-channel scales (4 bytes per row) are included in each. The zeros counted are those of
+    the weight as given (pruned weights plus survivors that round to zero).
+    """
+    w = weight.detach().reshape(weight.shape[0], -1)
+    rows, cols = w.shape
+    nnz = int((w != 0).sum())
+    scales = 4 * rows
+    idx_bytes = 2 if cols <= 65536 else 4
+    values = math.ceil(nnz * bits / 8)
+    return {
+        "dense_packed": math.ceil(w.numel() * bits / 8) + scales,
+        "csr": values + nnz * idx_bytes + 4 * (rows + 1) + scales,
+        "bitmask": math.ceil(w.numel() / 8) + values + scales,
+        "nnz": nnz,
+    }
+
+
+def layer_stats(fc: PrunedQuantLinear) -> dict[str, Any]:
+    """Sparsity of the mask and of the effective (quantized) weight, and compact storage sizes."""
+    w = fc.effective_weight().detach()
+    bits = fc.bits if fc.bits is not None else 32
+    store = sparse_storage_bytes(w, bits)
+    return {
+        "mask_sparsity": fc.sparsity(),
+        "weight_sparsity": 1.0 - store["nnz"] / w.numel(),
+        "bits": bits,
+        "params": w.numel(),
+        **{f"{k}_bytes" if k != "nnz" else k: v for k, v in store.items()},
+    }

@@ -1,0 +1,353 @@
+"""DuQ: differentiable unified quantization (Park & Yoo, ECCV 2020), and the int8 fake-quant of intermediates.
+
+Each :class:`DuQuantizer` has two learnable scalars (or per-channel vectors), the clip range
+``a = softplus(a_raw)`` and the output scale ``c = softplus(c_raw)``; ``R_k(u) = round(k·u)/k``
+with a straight-through round, and a hardtanh clip so that both ``a`` and ``c`` get gradients:
+
+- ``signed``   (weights, residual stream, inputs): ``q(x) = c·R_{N/2-1}(clip(x/a, -1, 1))``
+- ``unsigned`` (after ReLU/ReLU6):                 ``q(x) = c·R_{N-1}(clip(x/a, 0, 1))``
+- ``hswish``   (after h-swish, minimum -3/8):       ``q(x) = c·R_{N-1}(clip((x+3/8)/a, 0, 1)) - 3/8``
+
+with ``N = 2**bits``. In integer terms the grid codes are ``-n..n`` (signed, ``n = N/2-1``) or
+``0..N-1``, the clip ``clamp(x, lo·a, a)`` is an affine int8 quantizer with scale ``a/k``, and
+``c/a`` is a per-tensor multiplier the next layer's weights absorb (see ``lowering.py``).
+
+:class:`Int8FakeQuant` is a standard per-tensor affine int8 fake-quantizer (EMA min/max in
+training, fixed in eval) on the tensors an int8 runtime materialises but DuQ leaves in float
+(conv outputs that feed an add, a pooling or an h-swish): keeping it in the trained model
+makes the eager model and the integer artifact compute the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mobilec.errors import MobilecError
+
+Kind = Literal["signed", "unsigned", "hswish"]
+KINDS: tuple[str, ...] = ("signed", "unsigned", "hswish")
+#: h-swish's minimum is -3/8 (at x = -3/2): the offset of the asymmetric quantizer and the negative-padding value.
+HSWISH_OFFSET = 3.0 / 8.0
+MIN_BITS, MAX_BITS = 2, 8
+
+
+def check_bits(bits: int, what: str = "bits") -> int:
+    """Bit widths DuQ supports: 2..8 (8 fits the int8 containers the runtimes execute)."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+        raise MobilecError(f"{what} = {bits!r} is outside the supported range {MIN_BITS}..{MAX_BITS}",
+                           hint=f"choose {what} between {MIN_BITS} and {MAX_BITS}")
+    return bits
+
+
+def grid_levels(kind: str, bits: int) -> int:
+    """``k`` in ``R_k``: ``N/2 - 1`` steps per side for signed grids, ``N - 1`` for unsigned/h-swish.
+
+    >>> grid_levels("signed", 4), grid_levels("unsigned", 4)
+    (7, 15)
+    """
+    return 2 ** (bits - 1) - 1 if kind == "signed" else 2**bits - 1
+
+
+def inverse_softplus(v: torch.Tensor) -> torch.Tensor:
+    """``softplus⁻¹(v) = log(expm1(v))``, stable for large ``v``."""
+    v = v.clamp_min(1e-6)
+    return torch.where(v > 20, v, torch.log(torch.expm1(v.clamp_max(20))))
+
+
+def _sum_to(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over the dimensions ``like`` broadcasts along (``like`` is a scalar or a view such as 1×C×1×1)."""
+    if like.dim() == 0:
+        return t.sum()
+    dims = [i for i, n in enumerate(like.shape) if n == 1 and t.shape[i] != 1]
+    return t.sum(dim=dims, keepdim=True)
+
+
+def _fwd_kernel(x: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor, k: torch.Tensor, step: torch.Tensor,
+                off: torch.Tensor, code_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    t = torch.round(torch.clamp((x + off) * scale, lo, k))
+    return t * step - off, t.to(code_dtype)
+
+
+def _bwd_kernel(g: torch.Tensor, x: torch.Tensor, off: torch.Tensor, lo_val: torch.Tensor, a: torch.Tensor,
+                ca: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    xs = x + off
+    gm = torch.where((xs > lo_val) & (xs < a), g, 0.0)
+    return gm * ca, (gm * xs).sum(), (g * codes).sum()
+
+
+#: torch.compile'd versions of the two kernels above (see :func:`enable_fused_kernels`).
+_FUSED: dict[str, Any] = {"fwd": None, "bwd": None}
+_FUSED_MIN_NUMEL = 1 << 14
+
+
+def enable_fused_kernels(enabled: bool = True) -> str | None:
+    """Fuse the per-tensor DuQ forward/backward into single kernels with ``torch.compile`` (inductor).
+
+    Numerically the same as the eager path (multiply, clamp, round in float32). The kernels are
+    compiled and tried here on small tensors; if the platform cannot compile (no C++ toolchain,
+    ...) the eager path stays on and the error text is returned. Returns None on success.
+    """
+    if not enabled:
+        _FUSED.update(fwd=None, bwd=None)
+        return None
+    if _FUSED["fwd"] is not None:
+        return None
+    try:
+        fwd = torch.compile(_fwd_kernel, dynamic=True)
+        bwd = torch.compile(_bwd_kernel, dynamic=True)
+        one = torch.tensor(1.0)
+        for shape in ((2, 3, 4, 5), (3, 7)):
+            x = torch.randn(shape)
+            for dt, lo in ((torch.int8, -1.0), (torch.uint8, 0.0)):
+                out, codes = fwd(x, one * 7, one * lo * 7, one * 7, one / 7, one * 0, dt)
+                ref, ref_codes = _fwd_kernel(x, one * 7, one * lo * 7, one * 7, one / 7, one * 0, dt)
+                if not (torch.equal(codes, ref_codes) and torch.allclose(out, ref)):
+                    return "the compiled DuQ kernel disagrees with the eager one"
+                bwd(x, x, one * 0, one * lo, one, one, codes)
+    except Exception as exc:  # no compiler, unsupported platform, ...
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    _FUSED.update(fwd=fwd, bwd=bwd)
+    return None
+
+
+def fused_kernels_enabled() -> bool:
+    return _FUSED["fwd"] is not None
+
+
+class _DuQFunction(torch.autograd.Function):
+    """``c·round(k·clip((x+off)/a, lo, 1))/k − off`` with a straight-through round, in few memory passes.
+
+    Gradients are those of the hardtanh formulation: ∂/∂x = c/a inside the clip range (0 outside),
+    ∂/∂a = −(c/a)·(x+off)/a inside, ∂/∂c = round(...)/k everywhere. The codes are kept as 8-bit
+    integers for the backward pass.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, a: torch.Tensor, c: torch.Tensor, lo: float, k: float,
+                off: float) -> torch.Tensor:
+        code_dtype = torch.int8 if lo < 0 else torch.uint8
+        fused = _FUSED["fwd"] is not None and a.dim() == 0 and x.numel() >= _FUSED_MIN_NUMEL
+        if fused:
+            out, codes = _FUSED["fwd"](x, k / a, a.new_tensor(lo * k), a.new_tensor(k), c / k, a.new_tensor(off),
+                                       code_dtype)
+        else:
+            t = (x + off).mul_(k / a) if off else x * (k / a)
+            t.clamp_(lo * k, k).round_()
+            codes = t.to(code_dtype)
+            out = t.mul_(c / k)
+            if off:
+                out.sub_(off)
+        ctx.save_for_backward(x, a, c, codes)
+        ctx.consts = (lo, k, off, fused)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, a, c, codes = ctx.saved_tensors
+        lo, k, off, fused = ctx.consts
+        ca = c / a
+        if fused:
+            grad_x, sum_a, sum_c = _FUSED["bwd"](g.contiguous(), x, a.new_tensor(off), lo * a, a, ca, codes)
+            return grad_x, sum_a * (-ca / a), sum_c / k, None, None, None
+        xs = x + off if off else x
+        inside = (xs > lo * a).logical_and_(xs < a)
+        gm = g * inside
+        grad_x = grad_a = grad_c = None
+        if ctx.needs_input_grad[0]:
+            grad_x = gm * ca
+        if ctx.needs_input_grad[1]:  # −(c/a)·Σ g·(x+off)/a over the clip range
+            grad_a = _sum_to(gm.mul_(xs), a).mul_(-ca / a)
+        if ctx.needs_input_grad[2]:
+            grad_c = _sum_to(g * codes, c).div_(k)
+        return grad_x, grad_a, grad_c, None, None, None
+
+
+class DuQuantizer(nn.Module):
+    """One DuQ quantizer. ``channels`` makes ``a`` and ``c`` per-channel along ``ch_axis`` (weights).
+
+    ``enabled`` (a buffer, so EMA copies and checkpoints carry it) turns it into the identity:
+    the progressive schedule quantizes activations before weights.
+
+    >>> q = DuQuantizer("unsigned", 4)
+    >>> q.set_range(torch.tensor(2.0))
+    >>> q(torch.tensor([-1.0, 0.3, 1.0, 5.0]))
+    tensor([0.0000, 0.2667, 1.0667, 2.0000], grad_fn=<SubBackward0>)
+    """
+
+    def __init__(self, kind: str, bits: int, *, channels: int | None = None, ch_axis: int = 0) -> None:
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"DuQ kind must be one of {KINDS}, got {kind!r}")
+        self.kind = kind
+        self.ch_axis = ch_axis
+        shape = (channels,) if channels else ()
+        self.a_raw = nn.Parameter(inverse_softplus(torch.ones(shape)))
+        self.c_raw = nn.Parameter(inverse_softplus(torch.ones(shape)))
+        self.register_buffer("bits_buf", torch.tensor(check_bits(bits), dtype=torch.int64))
+        self.register_buffer("enabled", torch.tensor(True))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    # -- state ------------------------------------------------------------------------
+    @property
+    def bits(self) -> int:
+        return int(self.bits_buf)
+
+    @bits.setter
+    def bits(self, value: int) -> None:
+        self.bits_buf.fill_(check_bits(value))
+
+    @property
+    def levels(self) -> int:
+        return grid_levels(self.kind, self.bits)
+
+    @property
+    def lower(self) -> float:
+        """Lower end of the clip in units of ``a``: -1 (signed) or 0."""
+        return -1.0 if self.kind == "signed" else 0.0
+
+    @property
+    def offset(self) -> float:
+        return HSWISH_OFFSET if self.kind == "hswish" else 0.0
+
+    @property
+    def per_channel(self) -> bool:
+        return self.a_raw.dim() == 1
+
+    def a(self) -> torch.Tensor:
+        return F.softplus(self.a_raw)
+
+    def c(self) -> torch.Tensor:
+        return F.softplus(self.c_raw)
+
+    @torch.no_grad()
+    def set_range(self, a: torch.Tensor, c: torch.Tensor | None = None) -> None:
+        """Set ``a`` (and ``c``, default ``c = a``) in real units."""
+        a = torch.as_tensor(a, dtype=self.a_raw.dtype).expand_as(self.a_raw)
+        c = a if c is None else torch.as_tensor(c, dtype=self.c_raw.dtype).expand_as(self.c_raw)
+        self.a_raw.copy_(inverse_softplus(a.clamp_min(1e-4)))
+        self.c_raw.copy_(inverse_softplus(c.clamp_min(1e-4)))
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def init_activation(self, x: torch.Tensor, *, cap: float | None = None, percentile: float = 0.95,
+                        max_samples: int = 1 << 20) -> float:
+        """DuQ activation init: ``a = c`` = 95th percentile of the positive values of one batch.
+
+        Signed tensors use ``|x|``, h-swish ones ``x + 3/8``; ``cap`` (6 for ReLU6) bounds it.
+        Returns the value set.
+        """
+        v = x.detach().float().reshape(-1)
+        if self.kind == "signed":
+            v = v.abs()
+        elif self.kind == "hswish":
+            v = v + HSWISH_OFFSET
+        v = v[v > 0]
+        if v.numel() > max_samples:  # a seeded subsample keeps kthvalue cheap on big activations
+            g = torch.Generator().manual_seed(0)
+            v = v[torch.randint(0, v.numel(), (max_samples,), generator=g)]
+        value = 1e-3 if v.numel() == 0 else float(v.kthvalue(max(1, math.ceil(percentile * v.numel()))).values)
+        if cap is not None:
+            value = min(value, cap)
+        # a = an observed value would put other observed values (pooling averages, int8 grids) exactly on
+        # rounding ties, which float32 and the runtimes may break differently; 2^-12 larger avoids that
+        value = max(value, 1e-3) * (1.0 + 2.0**-12)
+        self.set_range(torch.tensor(value))
+        return value
+
+    @torch.no_grad()
+    def init_weight(self, w: torch.Tensor, factor: float = 0.9) -> None:
+        """DuQ weight init: ``a = c = 0.9·max|W|`` (per output channel when per-channel)."""
+        if self.per_channel:
+            m = w.detach().abs().transpose(0, self.ch_axis).reshape(w.shape[self.ch_axis], -1).amax(dim=1)
+        else:
+            m = w.detach().abs().max()
+        self.set_range(factor * m.clamp_min(1e-8))
+
+    # -- forward ----------------------------------------------------------------------
+    def _view(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if p.dim() == 0:
+            return p
+        shape = [1] * x.dim()
+        shape[self.ch_axis] = -1
+        return p.view(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not bool(self.enabled):
+            return x
+        a = self._view(self.a(), x)
+        c = self._view(self.c(), x)
+        return _DuQFunction.apply(x, a, c, self.lower, float(self.levels), self.offset)
+
+    @torch.no_grad()
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Integer grid codes ``round(k·clip(...))`` of ``x`` (``-n..n`` or ``0..N-1``) as int64."""
+        a = self._view(self.a(), x)
+        u = (x + self.offset) / a
+        return torch.round(F.hardtanh(u, self.lower, 1.0) * self.levels).to(torch.int64)
+
+    def extra_repr(self) -> str:
+        shape = f", channels={self.a_raw.numel()}" if self.per_channel else ""
+        return f"kind={self.kind}, bits={self.bits}{shape}, enabled={bool(self.enabled)}"
+
+
+class Int8FakeQuant(nn.Module):
+    """Per-tensor affine int8 fake quantization with an EMA min/max observer (frozen in eval).
+
+    The range always contains 0. ``qparams()`` gives the ``(scale, zero_point)`` that both the
+    eager forward and the integer lowering use, so the two agree exactly.
+
+    >>> fq = Int8FakeQuant()
+    >>> _ = fq.train()(torch.linspace(-1, 3, 100))
+    >>> scale, zp = fq.qparams()
+    >>> round(scale * 255, 4), zp
+    (4.0, -64)
+    """
+
+    def __init__(self, momentum: float = 0.01) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("min_val", torch.tensor(0.0))
+        self.register_buffer("max_val", torch.tensor(0.0))
+        self.register_buffer("observed", torch.tensor(False))
+        self.register_buffer("enabled", torch.tensor(True))
+        self.register_buffer("frozen", torch.tensor(False))
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor) -> None:
+        lo, hi = x.detach().aminmax()
+        lo, hi = lo.float(), hi.float()
+        if not bool(self.observed):
+            self.min_val.copy_(lo)
+            self.max_val.copy_(hi)
+            self.observed.fill_(True)
+        else:
+            self.min_val.lerp_(lo, self.momentum)
+            self.max_val.lerp_(hi, self.momentum)
+
+    def qparams(self) -> tuple[float, int]:
+        lo = min(float(self.min_val), 0.0)
+        hi = max(float(self.max_val), 0.0)
+        scale = max((hi - lo) / 255.0, 1e-8)
+        zp = int(min(127, max(-128, -128 - round(lo / scale))))
+        return scale, zp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not bool(self.enabled):
+            return x
+        if self.training and not bool(self.frozen):
+            self.observe(x)
+        if not bool(self.observed):
+            return x
+        scale, zp = self.qparams()
+        return torch.fake_quantize_per_tensor_affine(x, scale, zp, -128, 127)
+
+    def extra_repr(self) -> str:
+        if not bool(self.observed):
+            return "unobserved"
+        scale, zp = self.qparams()
+        return f"scale={scale:.4g}, zero_point={zp}"

@@ -1,0 +1,442 @@
+"""DuQ → integer artifacts: the trained fake-quant model becomes int8 kernels with the same numerics.
+
+The re-parameterisation (per quantized layer, after :func:`~.qmodules.fold_batchnorm`):
+
+- input: an unsigned DuQ value is ``(c/a)·FQ(x)`` with ``FQ`` the affine int8 quantizer of
+  ``clamp(x, 0, a)`` with scale ``a/(N-1)`` and zero point -128 (codes 0..N-1 → -128..N-129);
+  a signed one is ``(c/a)·FQ`` with scale ``a/n``, zero point 0, codes ``-n..n``; an h-swish
+  one quantizes ``x + 3/8`` like an unsigned one, so the -3/8 minimum (and the -3/8 negative
+  padding) lands on the zero point.
+- weights: the grid ``k·c_w/n`` (``k`` in ``-n..n``) times the folded BN scale ``g`` and the
+  input's ``c/a`` gives int8 codes ``k`` with one fp32 scale per output channel.
+- bias: ``b − (3/8)·g·ΣW`` (h-swish inputs), a multiple of the accumulator step (the fold
+  snapped it there), so the runtime's int32 bias is exact.
+- output: a layer whose only consumer is a DuQ quantizer of the same kind is written on that
+  quantizer's grid, its clip fused as the conv's output clamp; otherwise it has an int8
+  fake-quant (:class:`~.duq.Int8FakeQuant`) in the eager model and the same qparams here.
+
+:func:`build_deploy_module` writes this as explicit ``quantized_decomposed`` quantize/dequantize
+ops around fp32 convs — the form PT2E's ``convert_pt2e`` produces — which XNNPACK
+(``to_edge_transform_and_lower``) and LiteRT (litert-torch, static QDQ mode) turn into int8
+kernels. Ops between layers (residual adds, pooling, h-swish, the squeeze-excite product) stay
+fp32 in both the eager model and the artifact.
+
+>>> lower_duq(model, "executorch", (x,), Path("out/model.pte"))     # doctest: +SKIP
+Artifact(target='executorch', ...)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from mobilec.errors import ExportError, MobilecError
+from mobilec.export.base import Artifact, LayerBits
+from mobilec.passes.quant.duq import HSWISH_OFFSET, DuQuantizer, Int8FakeQuant
+from mobilec.passes.quant.qmodules import QConv2d, duq_plan, quant_layers
+
+SUPPORTED_TARGETS = ("executorch", "tflite")
+
+
+def _qd() -> Any:
+    """``torch.ops.quantized_decomposed`` (importing the module registers the ops)."""
+    import torch.ao.quantization.fx._decomposed
+
+    return torch.ops.quantized_decomposed
+
+
+@dataclass(frozen=True)
+class ActQ:
+    """An int8 activation grid: ``clamp(x + offset, lo, hi)`` then affine int8 with ``scale``/``zero_point``."""
+
+    scale: float
+    zero_point: int
+    lo: float
+    hi: float
+    offset: float = 0.0
+    bits: int = 8
+
+
+def _duq_grid(q: DuQuantizer) -> ActQ:
+    a = float(q.a().detach())
+    k = q.levels
+    if q.kind == "signed":
+        return ActQ(scale=a / k, zero_point=0, lo=-a, hi=a, bits=q.bits)
+    return ActQ(scale=a / k, zero_point=-128, lo=0.0, hi=a, offset=q.offset, bits=q.bits)
+
+
+def _int8_grid(fq: Int8FakeQuant) -> ActQ:
+    scale, zp = fq.qparams()
+    return ActQ(scale=scale, zero_point=zp, lo=-math.inf, hi=math.inf)
+
+
+class _DeployLayer(nn.Module):
+    """Common forward pieces: input q/dq, int8 weight dequantization, output clamp + q/dq."""
+
+    def __init__(self, *, in_q: ActQ | None, out_q: ActQ, clamp: tuple[float, float] | None, codes: torch.Tensor,
+                 scales: torch.Tensor, bias: torch.Tensor, fold_weights: bool) -> None:
+        super().__init__()
+        self.in_q, self.out_q, self.clamp = in_q, out_q, clamp
+        self.fold_weights = fold_weights
+        self.round_in_fp32 = not fold_weights
+        self.register_buffer("w_zero_points", torch.zeros(codes.shape[0], dtype=torch.int64))
+        self.register_buffer("w_scales", scales.double().float().contiguous())
+        if fold_weights:  # int8 constant + dequantize: what convert_pt2e(fold_quantize=True) emits
+            self.register_buffer("w_int8", codes.to(torch.int8).contiguous())
+        else:  # fp32 weight + quantize/dequantize (litert-torch folds these itself)
+            shape = [-1] + [1] * (codes.dim() - 1)
+            self.w_float = nn.Parameter((codes.float() * self.w_scales.view(shape)).contiguous(), requires_grad=False)
+        self.bias = nn.Parameter(bias.float().contiguous(), requires_grad=False)
+
+    def _weight(self) -> torch.Tensor:
+        qd = _qd()
+        if self.fold_weights:
+            w = self.w_int8
+        else:
+            w = qd.quantize_per_channel(self.w_float, self.w_scales, self.w_zero_points, 0, -127, 127, torch.int8)
+        return qd.dequantize_per_channel(w, self.w_scales, self.w_zero_points, 0, -127, 127, torch.int8)
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.in_q
+        if q is None:
+            return x
+        qd = _qd()
+        if q.offset:
+            x = x + q.offset
+        if math.isfinite(q.lo) or math.isfinite(q.hi):
+            x = torch.clamp(x, q.lo, q.hi)
+        if self.round_in_fp32:
+            # LiteRT would fuse dq -> clamp -> q into an int8 -> int8 QUANTIZE, which XNNPACK runs with
+            # an 8-bit multiplier (off by one code near .5); rounding in fp32 first makes the q exact
+            x = torch.round(x * (1.0 / q.scale)) * q.scale
+        x = qd.quantize_per_tensor(x, q.scale, q.zero_point, -128, 127, torch.int8)
+        return qd.dequantize_per_tensor(x, q.scale, q.zero_point, -128, 127, torch.int8)
+
+    def _output(self, y: torch.Tensor) -> torch.Tensor:
+        qd = _qd()
+        if self.clamp is not None:
+            lo, hi = self.clamp
+            y = F.relu(y) if lo == 0.0 and not math.isfinite(hi) else F.hardtanh(y, lo, hi)
+        q = self.out_q
+        y = qd.quantize_per_tensor(y, q.scale, q.zero_point, -128, 127, torch.int8)
+        return qd.dequantize_per_tensor(y, q.scale, q.zero_point, -128, 127, torch.int8)
+
+
+class DeployConv2d(_DeployLayer):
+    def __init__(self, layer: QConv2d, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.stride, self.padding, self.dilation, self.groups = layer.stride, layer.padding, layer.dilation, layer.groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.conv2d(self._input(x), self._weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return self._output(y)
+
+
+class DeployLinear(_DeployLayer):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._output(F.linear(self._input(x), self._weight(), self.bias))
+
+
+@dataclass
+class DeployLayerInfo:
+    name: str
+    op: str
+    params: int
+    weight_bits: int
+    act_bits: int
+    act_kind: str
+    out_grid: str  # "duq:<consumer>" or "int8"
+
+
+def _check_ready(model: nn.Module) -> None:
+    plan = duq_plan(model)
+    if not plan.folded:
+        raise MobilecError("the DuQ model's BatchNorms are not folded yet",
+                           hint="call mobilec.passes.quant.qmodules.fold_batchnorm(model) (the duq/profit passes do)")
+    for name, layer in quant_layers(model):
+        if not (bool(layer.act_q.enabled) and bool(layer.weight_q.enabled)):
+            raise MobilecError(f"layer {name!r} has a disabled quantizer", hint="finish the DuQ schedule before exporting")
+
+
+@torch.no_grad()
+def build_deploy_module(model: fx.GraphModule, *, fold_weights: bool = True) -> tuple[fx.GraphModule, list[DeployLayerInfo]]:
+    """The integer form of a folded DuQ model: explicit int8 quantize/dequantize around fp32 convs.
+
+    Run eagerly it computes what the runtime computes; ``torch.export`` of it lowers to int8
+    kernels. ``fold_weights`` stores int8 weight constants (ExecuTorch) instead of fp32 weights
+    with a quantize op (litert-torch).
+    """
+    _check_ready(model)
+    plan = duq_plan(model)
+    dm = copy.deepcopy(model)
+    graph = dm.graph
+    nodes = {n.name: n for n in graph.nodes}
+    layers = dict(quant_layers(dm))
+    on_grid = _inputs_on_grid(plan, nodes)
+    infos = []
+    for name, lp in plan.layers.items():
+        layer = layers[name]
+        in_grid = _duq_grid(layer.act_q)
+        if lp.fused_into is not None:
+            cons = layers[lp.fused_into].act_q
+            out = _duq_grid(cons)
+            lo, hi = out.lo, out.hi
+            if lp.act_clamp is not None:
+                lo, hi = max(lo, lp.act_clamp[0]), min(hi, lp.act_clamp[1])
+            clamp: tuple[float, float] | None = (lo, hi)
+            out_desc = f"duq:{lp.fused_into}"
+        else:
+            fq = dm.get_submodule(cast(str, lp.out_fq))
+            assert isinstance(fq, Int8FakeQuant)
+            if not bool(fq.observed):
+                raise MobilecError(f"the int8 output observer of layer {name!r} never saw data",
+                                   hint="calibrate the DuQ model (the duq/profit passes do) before exporting")
+            out = _int8_grid(fq)
+            clamp = lp.act_clamp
+            out_desc = "int8"
+        # weights: codes k (−n..n) × per-channel scale |c_w/n · g · c_a/a_a|, sign of g moved into the codes
+        codes = layer.weight_q.codes(layer.weight)
+        c_w = layer.weight_q.c().detach()
+        g = cast(torch.Tensor, layer.out_scale)
+        s = (c_w / layer.weight_q.levels) * g * (layer.act_q.c().detach() / layer.act_q.a().detach())
+        s = s.expand(codes.shape[0])
+        sign = torch.where(s < 0, -1, 1)
+        codes = codes * sign.view([-1] + [1] * (codes.dim() - 1))
+        scales = s.abs()
+        scales = torch.where(scales > 0, scales, torch.ones_like(scales))  # an all-zero channel: any scale
+        wq = layer.quantized_weight().detach()
+        bias = cast(torch.Tensor, layer.bias).detach() - layer.act_q.offset * g * wq.reshape(wq.shape[0], -1).sum(1)
+        kw = dict(in_q=None if name in on_grid else in_grid, out_q=out, clamp=clamp, codes=codes,
+                  scales=scales, bias=bias, fold_weights=fold_weights)
+        deploy: _DeployLayer = DeployConv2d(layer, **kw) if isinstance(layer, QConv2d) else DeployLinear(**kw)
+        parent, _, child = name.rpartition(".")
+        setattr(dm.get_submodule(parent) if parent else dm, child, deploy)
+        # the folded BN (Identity), the fused activation and the int8 fake-quant are inside the layer now
+        for extra in (lp.bn_node, lp.act_node, lp.fq_node):
+            if extra is not None:
+                n = nodes[extra]
+                n.replace_all_uses_with(cast(fx.Node, n.args[0]))
+                graph.erase_node(n)
+        infos.append(DeployLayerInfo(name=name, op=lp.op, params=layer.weight.numel(), weight_bits=layer.weight_q.bits,
+                                     act_bits=layer.act_q.bits, act_kind=layer.act_q.kind, out_grid=out_desc))
+    graph.lint()
+    dm.delete_all_unused_submodules()
+    dm.recompile()
+    dm.meta.pop("mobilec_duq", None)
+    dm.eval()
+    return dm, infos
+
+
+def _inputs_on_grid(plan: Any, nodes: dict[str, fx.Node]) -> set[str]:
+    """Layers whose input is directly the producer's output written on their own grid (no q/dq needed)."""
+    out = set()
+    for name, lp in plan.layers.items():
+        if lp.fused_from is None:
+            continue
+        prod = plan.layers[lp.fused_from]
+        tail = prod.act_node or prod.bn_node or prod.node
+        arg = nodes[lp.node].args[0]
+        if isinstance(arg, fx.Node) and arg.name == tail:
+            out.add(name)
+    return out
+
+
+# ----------------------------------------------------------------------------- lowering
+def lower_duq(model: nn.Module, target: str, example_inputs: tuple[torch.Tensor, ...], out_path: Path, *,
+              smoke: bool = True) -> Artifact:
+    """Lower a folded DuQ model to ``target`` (``executorch`` or ``tflite``) at ``out_path`` (written atomically).
+
+    The returned Artifact's ``reference`` is the eager DuQ fake-quant model itself; its
+    ``layers`` say, per conv/linear, the bits of information, the container and the arithmetic.
+    """
+    from mobilec.export import batch1_example
+
+    if target not in SUPPORTED_TARGETS:
+        raise MobilecError(f"DuQ lowering supports {', '.join(SUPPORTED_TARGETS)}, not {target!r}",
+                           hint="export the DuQ/PROFIT recipes to executorch or tflite (drop this --target)")
+    fx_model = cast(fx.GraphModule, model)
+    example = batch1_example(example_inputs, target)
+    out_path = Path(out_path)
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    try:
+        deploy, infos = build_deploy_module(fx_model, fold_weights=(target == "executorch"))
+        lower = _lower_executorch if target == "executorch" else _lower_tflite
+        art = lower(deploy, example, out_path)
+    finally:
+        model.train(was_training)
+    records = art.pop("records")
+    layers, problems = _layer_bits(infos, records)
+    size = out_path.stat().st_size
+    notes = list(art.pop("notes"))
+    plan = duq_plan(model)
+    notes.append(_bits_note(infos, plan.first_last_bits))
+    notes += [f"layer table: {p}" for p in problems]
+    n_int8 = sum(1 for i in infos if i.out_grid == "int8")
+    notes.append(f"{len(infos) - n_int8} layer outputs are written on the next layer's DuQ grid (clip fused into the conv); "
+                 f"{n_int8} outputs use the int8 observer the model was trained with; adds, pooling, h-swish and "
+                 "squeeze-excite products run in fp32 between int8 layers")
+    artifact = Artifact(target=target, path=out_path, size_bytes=size, layers=layers, delegation=art.pop("delegation"),
+                        notes=notes, reference=model, reference_name="eager DuQ fake-quant model (BN folded)")
+    if smoke:
+        from mobilec.export import smoke_check
+
+        diff, session_notes = smoke_check(out_path, target, example, model)
+        artifact.notes += session_notes
+        artifact.notes.append(f"lowered in {time.perf_counter() - t0:.1f} s; example input max |artifact - eager DuQ| = {diff:.3g}")
+    return artifact
+
+
+def _lower_executorch(deploy: nn.Module, example: torch.Tensor, out_path: Path) -> dict[str, Any]:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    from mobilec.export import torch_export
+    from mobilec.export.executorch import delegation_report
+    from mobilec.export.layers import pte_records
+    from mobilec.io import atomic_path
+
+    ep = torch_export(deploy, example, "executorch")
+    _duplicate_shared_dequants(ep.graph_module)
+    try:
+        edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+        lowered = edge.exported_program()
+        delegation = delegation_report(lowered.graph_module)
+        records = pte_records(lowered)
+        program = edge.to_executorch()
+    except Exception as exc:
+        raise ExportError(f"executorch: XNNPACK lowering of the DuQ model failed: {type(exc).__name__}: {str(exc)[:300]}",
+                          hint="report this with the model; export to tflite meanwhile") from exc
+    with atomic_path(out_path) as tmp:
+        tmp.write_bytes(program.buffer)
+    notes = []
+    if delegation["not_delegated"]:
+        ops = ", ".join(f"{k} x{v}" for k, v in delegation["not_delegated"].items())
+        notes.append(f"ops left on ExecuTorch portable kernels: {ops}")
+    return {"records": records, "delegation": delegation, "notes": notes}
+
+
+def _duplicate_shared_dequants(gm: fx.GraphModule) -> None:
+    """Give every user of a per-tensor dequantize its own copy (what PT2E's DuplicateDQPass does).
+
+    XNNPACK's partitioner marks a dequantize as part of a quantized op's pattern; a shared one
+    would then make its other (fp32) users read int8 data.
+    """
+    dq = _qd().dequantize_per_tensor.default
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target is dq and len(node.users) > 1:
+            for user in list(node.users)[1:]:
+                with graph.inserting_after(node):
+                    copy_ = graph.node_copy(node)
+                user.replace_input_with(node, copy_)
+    gm.recompile()
+
+
+def _lower_tflite(deploy: nn.Module, example: torch.Tensor, out_path: Path) -> dict[str, Any]:
+    import litert_torch
+    from litert_torch.quantize import pt2e_quantizer, quant_config
+
+    from mobilec.export.layers import tflite_records
+    from mobilec.io import atomic_path
+
+    # the quantizer object only selects the converter's static QDQ mode; the qparams are already in the graph
+    cfg = quant_config.QuantConfig(pt2e_quantizer=pt2e_quantizer.PT2EQuantizer().set_global(
+        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)))
+    try:
+        edge = litert_torch.convert(deploy, (example,), quant_config=cfg)
+    except Exception as exc:
+        raise ExportError(f"tflite: litert-torch conversion of the DuQ model failed: {type(exc).__name__}: {str(exc)[:300]}",
+                          hint="report this with the model; export to executorch meanwhile") from exc
+    with atomic_path(out_path) as tmp:
+        edge.export(str(tmp))
+    records = tflite_records(out_path)
+    ops = _tflite_ops(out_path)
+    notes = ["LiteRT ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(ops.items()))]
+    delegation = {"backend": "LiteRT builtin kernels (XNNPACK delegate at run time)", "ops": ops}
+    return {"records": records, "delegation": delegation, "notes": notes}
+
+
+def _tflite_ops(path: Path) -> dict[str, int]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path), num_threads=1)
+    counts: dict[str, int] = {}
+    for op in interp._get_ops_details():
+        counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
+    return counts
+
+
+def _layer_bits(infos: list[DeployLayerInfo], records: list[Any]) -> tuple[list[LayerBits], list[str]]:
+    """Match the artifact's weight records to the quantized layers (by name, else by size in graph order)
+    and check that each stored weight really sits on its DuQ grid (integer codes within ±(2**(b-1) - 1))."""
+    import numpy as np
+
+    problems: list[str] = []
+    taken: dict[str, Any] = {}
+    left = []
+    for rec in records:
+        match = next((i for i in infos if i.name == rec.name_hint and i.name not in taken and i.params == rec.numel), None)
+        if match is not None:
+            taken[match.name] = rec
+        else:
+            left.append(rec)
+    for rec in left:
+        match = next((i for i in infos if i.name not in taken and i.params == rec.numel), None)
+        if match is None:
+            problems.append(f"artifact weight of shape {tuple(rec.weight.shape)} matches no quantized layer")
+        else:
+            taken[match.name] = rec
+    table = []
+    for info in infos:
+        rec = taken.get(info.name)
+        if rec is None:
+            problems.append(f"layer {info.name} was not found in the artifact")
+            continue
+        w = np.asarray(rec.weight)
+        if w.dtype.kind not in "iu":
+            problems.append(f"layer {info.name}: the artifact stores {rec.stored} weights, not integer codes")
+        elif int(np.abs(w.astype(np.int64)).max(initial=0)) > 2 ** (info.weight_bits - 1) - 1:
+            problems.append(f"layer {info.name}: stored codes exceed the {info.weight_bits}-bit grid")
+        table.append(LayerBits(
+            name=info.name, kind=info.op, params=info.params, info_bits=float(info.weight_bits), stored=rec.stored,
+            executed=rec.executed, stored_bytes=rec.weight_bytes + rec.aux_bytes,
+            packed_bytes=math.ceil(info.params * info.weight_bits / 8) + rec.aux_bytes,
+        ))
+        if rec.executed != "int8":
+            problems.append(f"layer {info.name} executes {rec.executed}, not int8")
+    return table, problems
+
+
+def _bits_note(infos: list[DeployLayerInfo], first_last: int | None) -> str:
+    w = sorted({i.weight_bits for i in infos})
+    a = sorted({i.act_bits for i in infos})
+    packed = sum(math.ceil(i.params * i.weight_bits / 8) for i in infos)
+    return (f"DuQ grids: weights {'/'.join(map(str, w))} bits, activations {'/'.join(map(str, a))} bits"
+            + (f" (first/last layers {first_last} bits)" if first_last else "")
+            + f"; stored as int8 codes, executed int8; weights bit-packed would take {packed} bytes")
+
+
+def deploy_info(model: nn.Module) -> dict[str, Any]:
+    """What the exporters need to know about a DuQ model (for ``ctx.extras['duq']``)."""
+    plan = duq_plan(model)
+    return {
+        "lowering": "mobilec.passes.quant.lowering.lower_duq",
+        "targets": list(SUPPORTED_TARGETS),
+        "weight_bits": plan.weight_bits,
+        "act_bits": plan.act_bits,
+        "first_last_bits": plan.first_last_bits,
+        "per_channel_weights": plan.per_channel,
+        "offset": HSWISH_OFFSET,
+        "layers": {name: {"op": lp.op, "act_kind": lp.act_kind, "role": lp.role,
+                          "output": f"duq:{lp.fused_into}" if lp.fused_into else "int8"} for name, lp in plan.layers.items()},
+    }
