@@ -59,6 +59,15 @@ def test_k_out_of_range_is_an_error() -> None:
         _random_form().scorer(k=12)
 
 
+def test_serving_state_round_trips(tmp_path: Path) -> None:
+    from mobilec.io import load_state_dict, save_state_dict_atomic
+
+    form = _random_form()
+    save_state_dict_atomic(form.state_dict(), tmp_path / "serving.pt")
+    back = ServingForm.from_state_dict(load_state_dict(tmp_path / "serving.pt"))
+    assert all(torch.equal(a, b) for a, b in zip(back.embeddings(), form.embeddings(), strict=True))
+
+
 def test_composed_model_round_trips_to_its_form() -> None:
     form = _random_form()
     back = ComposedModel(form).to_form()

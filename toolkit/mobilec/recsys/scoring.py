@@ -111,6 +111,23 @@ class ServingForm:
             return TableScorer(users, items, k).eval()
         return ComposedScorer(self, k).eval()
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors only (save with ``torch.save``; load with ``weights_only=True`` and :meth:`from_state_dict`)."""
+        sizes = torch.tensor([self.n_users, self.n_items])
+        if self.kind == "table":
+            return {"table": self.table, "sizes": sizes}
+        return {"codebook": self.codebook, "index": self.index, "weight": self.weight, "sizes": sizes}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> ServingForm:
+        n_users, n_items = (int(v) for v in state["sizes"])
+        if "table" in state:
+            return cls(kind="table", n_users=n_users, n_items=n_items, table=state["table"])
+        if not {"codebook", "index", "weight"} <= set(state):
+            raise MobilecError("serving state needs codebook, index and weight tensors", hint="save it with ServingForm.state_dict()")
+        return cls(kind="composed", n_users=n_users, n_items=n_items, codebook=state["codebook"], index=state["index"],
+                   weight=state["weight"])
+
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "dim": self.dim, "memory": self.memory()}
         if self.kind == "composed":

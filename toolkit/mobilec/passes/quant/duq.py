@@ -321,6 +321,9 @@ class Int8FakeQuant(nn.Module):
     def observe(self, x: torch.Tensor) -> None:
         lo, hi = x.detach().aminmax()
         lo, hi = lo.float(), hi.float()
+        if not (torch.isfinite(lo) and torch.isfinite(hi)):
+            raise MobilecError("non-finite activations reached an int8 observer: training diverged",
+                               hint="lower lr (or quant_lr_scale) in the recipe, or start from a trained model")
         if not bool(self.observed):
             self.min_val.copy_(lo)
             self.max_val.copy_(hi)
