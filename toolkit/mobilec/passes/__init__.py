@@ -1,8 +1,10 @@
 """Compression passes. Importing this package registers every pass (explicit imports, no scanning)."""
 
-from mobilec.passes import ptq  # noqa: F401
-from mobilec.passes import tucker  # noqa: F401
-from mobilec.passes import finetune  # noqa: F401
-from mobilec.passes import meta_embed  # noqa: F401
+from mobilec.passes import (
+    binarize,  # noqa: F401
+    finetune,  # noqa: F401
+    meta_embed,  # noqa: F401
+    ptq,  # noqa: F401
+    tucker,  # noqa: F401
+)
 from mobilec.passes.quant import profit  # noqa: F401
-from mobilec.passes import binarize  # noqa: F401

@@ -15,7 +15,9 @@ C2F-MetaEmbed (arXiv 2501.11870), built on LightGCN and LEGCF:
   ``P1 = H_full pinv(H_c)``, ``P2 = H_full pinv(H_r)``); weight bridging
   ``Ê_c = g S2 Ê_r + (1 - g) E_c``; graph ``[[A, S1, 0], [S1^T, 0, S2], [0, S2^T, 0]]`` (fine
   nodes link only to coarse nodes); after each propagation layer the coarse states are
-  re-bridged, ``Ĥ_c = g S2 H_r + (1 - g) H_c``, and each entity state moves by ``S1 (Ĥ_c - H_c)``.
+  re-bridged, ``Ĥ_c = g S2 H_r + (1 - g) H_c``, and each entity state moves by ``Â_S1 (Ĥ_c - H_c)``
+  (Â_S1: the graph's normalized entity-to-coarse links; the authors' code uses the raw S1, which
+  with learned S1 weights moved the entities far enough to lose most of the coarse accuracy).
 
 Sparse matrices are held as ``(index, weight)`` tensors with a fixed number of non-zeros per row.
 
@@ -149,6 +151,10 @@ class MetaEmbedLightGCN(GraphHolder, nn.Module):
         v = torch.cat([p[2] for p in parts])
         keep = v > 0
         self.adj = sym_norm_adj(total, r[keep], c[keep], v[keep])
+        # the normalized entity -> coarse link weights of that graph, for the per-layer re-bridging
+        deg = torch.zeros(total).index_add_(0, r[keep], v[keep]).index_add_(0, c[keep], v[keep])
+        dinv = torch.where(deg > 0, deg.clamp_min(1e-12).rsqrt(), torch.zeros_like(deg))
+        self._s1_norm = dinv[:n, None] * s1.reshape(n, self.t) * dinv[self.s1_index + n]
 
     def restore_state(self, state: dict[str, torch.Tensor]) -> None:
         self.load_state_dict(state)
@@ -178,7 +184,8 @@ class MetaEmbedLightGCN(GraphHolder, nn.Module):
             def hook(h: torch.Tensor) -> torch.Tensor:  # re-bridging after every layer
                 he, hc, hr = h[:n], h[n : n + c1], h[n + c1 :]
                 hc_new = self.gate * sparse_rows_matmul(self.s2_index, self.s2_weight, hr) + (1 - self.gate) * hc
-                he = he + sparse_rows_matmul(self.s1_index, self.s1_weight, hc_new - hc)
+                # entities see the bridged coarse states through the graph's own (normalized) S1 links
+                he = he + sparse_rows_matmul(self.s1_index, self._s1_norm, hc_new - hc)
                 return torch.cat([he, hc_new, hr])
 
         x0 = torch.cat(blocks)
