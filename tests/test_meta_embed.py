@@ -185,3 +185,13 @@ def test_movielens_slice_runs_the_c2f_recipe_passes(tmp_path: Path) -> None:
     s = ctx.report.passes[-1].summary
     assert model.stage == "fine" and s["served_embedding_bytes"] < s["full_table_bytes"] / 3
     assert s["served_test"]["users"] == len(data.eval_users("test"))
+
+
+def test_recipe_with_empty_codebook_is_one_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('version = 1\n[[passes]]\ntype = "c2f_coarse"\nc1 = 0\n')
+    with pytest.raises(MobilecError, match=r"pass 'c2f_coarse'.*c1 = 0 must be at least 1"):
+        Recipe.load(str(bad))
+    bad.write_text('version = 1\n[[passes]]\ntype = "c2f_fine"\nc2 = 0\n')
+    with pytest.raises(MobilecError, match=r"c2 = 0 must be at least 1"):
+        Recipe.load(str(bad))
