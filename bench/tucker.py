@@ -29,6 +29,7 @@ if str(ROOT / "toolkit") not in sys.path:
 RESULTS = ROOT / "bench" / "results"
 FALLBACK_WEIGHTS = ROOT / "bench" / "weights"  # used only when the zoo ships no vgg_small checkpoint
 SUFFIX = {"executorch": ".pte", "tflite": ".tflite", "onnx": ".onnx"}
+MACHINE = "AMD EPYC, 2 cores, CPU only, shared"
 GOALS = {"mac_reduction": 2.5, "latency_speedup": 1.8, "max_accuracy_drop_points": 1.0}
 
 
@@ -39,8 +40,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--recipe", default="tucker", help="the float Tucker recipe (its int8 sibling is RECIPE-int8)")
     p.add_argument("--runs", type=int, default=100, help="timed runs per artifact per round")
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (median of the rounds' p50)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median of the rounds' p50)")
     p.add_argument("--threads", type=int, default=2, help="torch threads for decomposition / fine-tuning")
+    p.add_argument("--finetune-samples", type=int, default=None,
+                   help="cap the fine-tuning train split (a seeded subset; default: the recipe's, i.e. all 60k)")
+    p.add_argument("--kd-weight", type=float, default=None, help="override the recipe's finetune kd_weight")
     p.add_argument("--quick", action="store_true", help="smoke run on a subset (results go to tucker_quick.*)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -71,6 +75,23 @@ def load_checkpoint(name: str, data: Any, seed: int) -> tuple[Any, dict[str, Any
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     return model.eval(), {"source": f"bench/weights/{pt.name} (trained by bench/train_zoo.py; no shipped checkpoint)",
                           "metadata": meta}
+
+
+def with_finetune(recipe: Any, args: argparse.Namespace) -> Any:
+    """``recipe`` with its finetune pass's train split / distillation weight overridden from the command line."""
+    import dataclasses
+
+    changes: dict[str, Any] = {}
+    if args.finetune_samples is not None:
+        changes["max_train_samples"] = args.finetune_samples
+    if args.kd_weight is not None:
+        changes["kd_weight"] = args.kd_weight
+    if not changes:
+        return recipe
+    passes = tuple(dataclasses.replace(p, **changes) if p.name == "finetune" else p for p in recipe.passes)
+    if not any(p.name == "finetune" for p in passes):
+        raise SystemExit(f"recipe {recipe.name!r} has no finetune pass to override")
+    return dataclasses.replace(recipe, passes=passes)
 
 
 def pin_executorch_threadpool(threads: int = 1) -> None:
@@ -110,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         data = data.subset(2000, 1000, seed=args.seed)
         args.runs, args.warmup, args.rounds = 20, 3, 2
 
-    rec_float = Recipe.load(args.recipe)
-    rec_int8 = Recipe.load(f"{args.recipe}-int8")
+    rec_float = with_finetune(Recipe.load(args.recipe), args)
+    rec_int8 = with_finetune(Recipe.load(f"{args.recipe}-int8"), args)
     report = RunReport(recipe=args.recipe, model={"name": args.model}, data={"name": data.name})
     example = (data.x_test[:1].clone(),)
     teacher = copy.deepcopy(model).eval()
@@ -177,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         row["latency_rounds"] = {k: lat[k] for k in ("rounds_p50_ms", "rounds_cpu_p50_ms", "other_threads_cpu_share")} if lat else None
 
     machine = machine_description()
+    machine["note"] = MACHINE
     for row in rows:
-        row["machine"] = machine["cpu"]
+        row["machine"] = f"{MACHINE} ({machine['cpu']})"
         row["command"] = command
     tucker_rec = next(r for r in report.passes if r.name == "tucker")
     ft_rec = next((r for r in report.passes if r.name == "finetune"), None)
@@ -335,11 +357,13 @@ def _f(x: Any, spec: str) -> str:
 
 
 def render_markdown(res: dict[str, Any]) -> str:
+    from mobilec.passes.tucker import layers_markdown
+
     lines = [
         f"# Tucker-2 compression of `{res['model']}` on {res['data']['name']}",
         "",
         f"- command: `{res['command']}`",
-        f"- machine: {res['machine']['cpu']} ({res['machine']['cores']} cores, shared with other jobs)",
+        f"- machine: {res['machine'].get('note', MACHINE)} ({res['machine']['cpu']}, {res['machine']['cores']} cores visible)",
         f"- checkpoint: {res['checkpoint']['source']}",
         f"- test split: {res['data']['n_test']} images; accuracy = the exported artifact run in its own runtime",
         "- recipe passes, wall (CPU) seconds: " + ", ".join(
@@ -380,16 +404,8 @@ def render_markdown(res: dict[str, Any]) -> str:
               f"Before fine-tuning: eager accuracy {_f(res['tucker'].get('accuracy_after'), '.4f')}; after "
               f"{ft.get('n_train', '?')} training images x {len(ft.get('history', []))} epoch(s): "
               f"{_f(ft.get('accuracy_after'), '.4f')}.",
-              "",
-              "| layer | kind | shape | ranks (VBMF raw) | params before → after | MACs before → after | rel. error | note |",
-              "|---|---|---|---|---:|---:|---:|---|"]
-    for layer in res["layers"]:
-        raw = f" ({layer['raw_ranks']})" if layer.get("raw_ranks") else ""
-        lines.append(
-            f"| {layer['name']} | {layer['kind']} | {layer['shape']} | {layer['ranks'] or '-'}{raw} "
-            f"| {layer['params_before']:,} → {layer['params_after']:,} | {_f(layer['macs_before'], ',')} → {_f(layer['macs_after'], ',')} "
-            f"| {layer['rel_error']:.3f} | {layer['reason'] or 'decomposed'} |"
-        )
+              ""]
+    lines += layers_markdown(res["layers"])
     return "\n".join(lines) + "\n"
 
 

@@ -21,7 +21,7 @@ from mobilec.passes.tucker import (
 )
 from mobilec.recipe import Recipe
 from mobilec.registry import get_pass
-from mobilec.report import RunReport
+from mobilec.report import RunReport, render_markdown
 
 
 def _ctx(tmp_path: Path, shape: tuple[int, ...] = (1, 3, 16, 16)) -> Context:
@@ -256,3 +256,23 @@ def test_skip_first_means_first_executed_conv(tmp_path: Path) -> None:
     TuckerDecomposition(rank_method="fixed", rank_fraction=0.25).apply(Reordered(), ctx)
     layers = {rec["name"]: rec for rec in ctx.report.passes[-1].summary["layers"]}
     assert "skip_first" in layers["early"]["reason"] and layers["late"]["decomposed"]
+
+
+def test_report_md_has_the_per_layer_table_and_names_grouped_convs(tmp_path: Path) -> None:
+    class WithGroups(Tiny):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dw = nn.Conv2d(48, 48, 3, padding=1, groups=4)  # grouped, not depthwise
+
+    ctx = _ctx(tmp_path)
+    TuckerDecomposition(rank_method="fixed", rank_fraction=0.25).apply(WithGroups().eval(), ctx)
+    md = render_markdown(ctx.report.to_dict())
+    assert "### tucker: per layer" in md
+    row = next(line for line in md.splitlines() if line.startswith("| conv |"))
+    # shape, ranks of full ranks, params and MACs before → after, error, decision
+    assert "[48, 32, 3, 3]" in row and "[8, 12] of [32, 48]" in row and "13,872 → " in row and "| yes |" in row
+    dw = next(line for line in md.splitlines() if line.startswith("| dw |"))
+    assert "grouped conv2d (groups=4)" in dw and "| no: Tucker-2 on channel modes does not apply" in dw
+    assert "- not decomposable (grouped/depthwise convs, left alone): dw" in md
+    stem = next(line for line in md.splitlines() if line.startswith("| stem |"))
+    assert "no: first conv of the network" in stem

@@ -94,6 +94,19 @@ def _fmt(x: Any, spec: str = ".4f") -> str:
     return str(x)
 
 
+def _pass_detail_lines(p: dict[str, Any]) -> list[str]:
+    """A pass's own detail tables (its class's ``summary_markdown(summary)``, e.g. tucker's per-layer table)."""
+    from mobilec.errors import MobilecError
+    from mobilec.registry import get_pass
+
+    try:
+        render = getattr(get_pass(p["name"]), "summary_markdown", None)
+    except MobilecError:  # a report written by a pass this install does not know
+        return []
+    lines = render(p["summary"]) if render else []
+    return [f"### {p['name']}: per layer", "", *lines, ""] if lines else []
+
+
 def render_markdown(rep: dict[str, Any]) -> str:
     """Human-readable report; every figure comes from ``rep`` (report.json)."""
     lines = [f"# mobilec run: recipe `{rep['recipe']}`", ""]
@@ -114,6 +127,8 @@ def render_markdown(rep: dict[str, Any]) -> str:
             summ = ", ".join(f"{k}={_fmt(v)}" for k, v in p["summary"].items() if not isinstance(v, list | dict))
             lines.append(f"| {p['name']} | {p['seconds']:.1f} | {summ} |")
         lines.append("")
+        for p in rep["passes"]:
+            lines += _pass_detail_lines(p)
     if rep["artifacts"]:
         lines += [
             "## Artifacts",

@@ -260,6 +260,11 @@ class TuckerDecomposition(Pass):
             out[name] = r
         return out
 
+    @staticmethod
+    def summary_markdown(summary: dict[str, Any]) -> list[str]:
+        """Markdown for report.md: the per-layer table of a ``tucker`` pass summary."""
+        return layers_markdown(summary.get("layers") or [])
+
     # -- rank selection -----------------------------------------------------------------
     def _select(self, matrix: np.ndarray, full: int) -> tuple[int, int]:
         """(weakened rank, raw rank) of one unfolding / weight matrix."""
@@ -430,6 +435,43 @@ class TuckerDecomposition(Pass):
         assert _weight_params(new) == new_params, (name, _weight_params(new), new_params)
         rec.update(decomposed=True, params_after=new_params, macs_after=macs_after, rel_error=err)
         return rec, new
+
+
+def _fmt_int(x: int | None) -> str:
+    return "-" if x is None else f"{x:,}"
+
+
+def layers_markdown(layers: list[dict[str, Any]]) -> list[str]:
+    """Per-layer table of a ``tucker`` pass: shape, ranks, params / MACs before and after, error, decision.
+
+    Ranks read ``[R3, R4] of [S', T']`` for k×k convs (full ranks after ``of``) and ``[R] of [min(S, T)]``
+    for Linear / 1×1 convs; ``VBMF raw`` is the rank before weakening and ``min_rank``.
+
+    >>> layers_markdown([{"name": "c", "kind": "depthwise conv2d", "shape": [8, 1, 3, 3], "ranks": None,
+    ...                   "full_ranks": None, "raw_ranks": None, "params_before": 80, "params_after": 80,
+    ...                   "macs_before": 720, "macs_after": 720, "rel_error": 0.0, "decomposed": False,
+    ...                   "reason": "grouped"}])[-1]
+    '- not decomposable (grouped/depthwise convs, left alone): c'
+    """
+    if not layers:
+        return []
+    out = [
+        "| layer | kind | shape | ranks (of full) | VBMF raw | params before → after | MACs before → after | rel. kernel error "
+        "| decomposed |",
+        "|---|---|---|---|---|---:|---:|---:|---|",
+    ]
+    for r in layers:
+        ranks = f"{r['ranks']} of {r['full_ranks']}" if r.get("ranks") else "-"
+        out.append(
+            f"| {r['name']} | {r['kind']} | {r['shape']} | {ranks} | {r.get('raw_ranks') or '-'} "
+            f"| {_fmt_int(r['params_before'])} → {_fmt_int(r['params_after'])} "
+            f"| {_fmt_int(r['macs_before'])} → {_fmt_int(r['macs_after'])} | {r['rel_error']:.3f} "
+            f"| {'yes' if r['decomposed'] else 'no: ' + str(r['reason'])} |"
+        )
+    grouped = [r["name"] for r in layers if "depthwise" in r["kind"] or "grouped" in r["kind"]]
+    if grouped:
+        out += ["", "- not decomposable (grouped/depthwise convs, left alone): " + ", ".join(grouped)]
+    return out
 
 
 def _maybe_evaluate(model: nn.Module, ctx: Context) -> dict[str, Any]:
