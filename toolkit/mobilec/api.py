@@ -82,11 +82,14 @@ def export(
     show_progress: bool = True,
     profile: bool = True,
     command: str | None = None,
+    resume: bool = False,
 ) -> RunResult:
     """Compress ``model`` with ``recipe``, export every target, verify each artifact on real data.
 
     Artifacts whose verification fails are removed (kept with ``allow_mismatch=True``, flagged
     in the report); a target that cannot export is recorded and the other targets go on.
+    Each pass's output is checkpointed in ``out/checkpoints/``; ``resume=True`` continues an
+    interrupted run from its last completed pass (same arguments required).
     """
     rec = Recipe.load(recipe)
     chosen_targets = parse_targets(targets, rec)
@@ -101,7 +104,14 @@ def export(
     out_dir = Path(out) if out is not None else Path("mobilec-out") / f"{_slug(model_spec)}-{rec.name}"
     dataset = load_dataset(data or DEFAULT_DATA)
     torch_model, info = load_model(model_spec, weights=Path(weights) if weights else None, data=dataset)
-    out_dir = prepare_out_dir(out_dir, force=force)
+    out_dir = prepare_out_dir(out_dir, force=force or resume)
+    from mobilec import checkpoint
+
+    checkpoint.remove_stale_parts(out_dir)  # temporaries of a killed run
+    if not resume:
+        checkpoint.clear_checkpoints(out_dir)
+    checkpoint.require_free_space(out_dir, checkpoint.estimated_run_bytes(torch_model, len(chosen_targets), len(rec.passes)))
+    run_fp = checkpoint.fingerprint(rec.to_dict(), model_spec, Path(weights) if weights else None, data or DEFAULT_DATA, seed)
 
     torch.manual_seed(seed)
     torch_model.eval()
@@ -116,7 +126,7 @@ def export(
     ctx = _make_context(dataset, out_dir, report, torch_model, seed, show_progress)
     report.accuracy["original"] = ctx.evaluate(torch_model)
 
-    compressed = run_passes(rec, torch_model, ctx)
+    compressed = run_passes(rec, torch_model, ctx, checkpoint_fingerprint=run_fp, resume=resume)
     compressed.eval()
     from mobilec.io import save_state_dict_atomic
 
@@ -162,10 +172,28 @@ def _make_context(dataset: Any, out_dir: Path, report: Any, model: torch.nn.Modu
     )
 
 
-def run_passes(rec: Recipe, model: torch.nn.Module, ctx: Any) -> torch.nn.Module:
-    """Apply the recipe's passes in order, on a copy: the caller's model is never modified."""
+def run_passes(
+    rec: Recipe, model: torch.nn.Module, ctx: Any, *, checkpoint_fingerprint: str | None = None, resume: bool = False
+) -> torch.nn.Module:
+    """Apply the recipe's passes in order, on a copy: the caller's model is never modified.
+
+    With ``checkpoint_fingerprint``, each pass's output is checkpointed in ``ctx.workdir``; with
+    ``resume`` too, the passes a matching checkpoint already covers are skipped.
+    """
+    from mobilec import checkpoint
+
     current = copy.deepcopy(model)
-    for p in rec.passes:
+    start = 0
+    if checkpoint_fingerprint is not None and resume:
+        done = checkpoint.load_completed(ctx.workdir, [p.name for p in rec.passes], checkpoint_fingerprint)
+        if done is not None:
+            current, start = done.model, done.index + 1
+            ctx.quant_plan, ctx.lowering = done.quant_plan, done.lowering
+            ctx.extras.update(done.extras)
+            ctx.report.passes[:] = done.passes
+            ctx.report.notes[:] = [*done.notes, f"resumed after pass {start} ({done.name}) from its checkpoint"]
+            checkpoint.restore_rng(done.rng)
+    for index, p in enumerate(rec.passes[start:], start):
         n_before = len(ctx.report.passes)
         t0 = time.perf_counter()
         current = p.apply(current, ctx)
@@ -174,6 +202,10 @@ def run_passes(rec: Recipe, model: torch.nn.Module, ctx: Any) -> torch.nn.Module
             ctx.report.passes[-1].seconds = ctx.report.passes[-1].seconds or seconds
         else:
             ctx.report.add_pass(p.name, p.to_params(), seconds)
+        if checkpoint_fingerprint is not None:
+            why = checkpoint.save(ctx.workdir, ctx, index, p.name, current, checkpoint_fingerprint)
+            if why:
+                ctx.report.notes.append(f"no resume checkpoint after pass {index + 1} ({p.name}): {why}")
     return current
 
 

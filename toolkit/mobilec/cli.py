@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,8 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with _sigterm_as_interrupt():
+                return fn(*args, **kwargs)
         except MobilecError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_USER_ERROR)
@@ -47,7 +51,51 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so atomic writers discard their partial files on the way out."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+class _OneLineErrors(click.Group):
+    """Usage errors (unknown option, bad value) as one 'error: ...' line too, not click's usage block."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `mobilec`: the help text, as click prints it
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "mobilec"
+            click.echo(f"error: {exc.format_message()} (fix: see `{where} --help`)", err=True)
+            sys.exit(EXIT_USER_ERROR)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mobilec")
 def main() -> None:
     """mobilec: compress a trained PyTorch model, export it to ExecuTorch / LiteRT / ONNX,
@@ -75,6 +123,7 @@ def main() -> None:
 @click.option("--allow-mismatch", is_flag=True, help="Keep artifacts that fail verification (flagged in the report).")
 @click.option("--seed", default=0, show_default=True, help="Seed for calibration sampling and training.")
 @click.option("--no-profile", is_flag=True, help="Skip host profiling of the verified artifacts.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its last completed pass.")
 @_friendly
 def export(
     recipe: str,
@@ -87,6 +136,7 @@ def export(
     allow_mismatch: bool,
     seed: int,
     no_profile: bool,
+    resume: bool,
 ) -> None:
     """Compress a model with a recipe, export it, verify every artifact on the real test set."""
     from mobilec import api
@@ -113,6 +163,7 @@ def export(
             profile=not no_profile,
             seed=seed,
             command=api.current_command(),
+            resume=resume,
         )
         print_run_summary(result)
         run_dirs.append(result.out_dir)
@@ -176,14 +227,41 @@ def profile(
 
 
 @main.command()
-@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=Path("mobilec-out/compare"), show_default=True)
+@click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output folder (runs: default mobilec-out/compare; --bench: default beside the JSON).")
+@click.option("--bench", "benches", multiple=True, type=click.Path(path_type=Path),
+              help="Render a benchmark's JSON (bench/results/NAME.json) into NAME.md's table block and Pareto PNGs.")
+@click.option("--metric", default=None, help="--bench: the quality column to plot (default: accuracy if present).")
+@click.option("--size-key", default=None, help="--bench: the size column (default: size_bytes if present).")
+@click.option("--latency-key", default=None, help="--bench: the latency column (default: latency_ms_p50 if present).")
+@click.option("--group-by", default=None, help="--bench: row keys that split tables/plots (default model,data,device; '' = none).")
+@click.option("--columns", default=None, help="--bench: comma-separated table columns (default: every key present).")
 @_friendly
-def compare(runs: tuple[Path, ...], out: Path) -> None:
-    """Compare runs (folders with report.json): a table and accuracy-vs-size/latency Pareto plots."""
+def compare(runs: tuple[Path, ...], out: Path | None, benches: tuple[Path, ...], metric: str | None, size_key: str | None,
+            latency_key: str | None, group_by: str | None, columns: str | None) -> None:
+    """Compare runs (folders with report.json): a table and accuracy-vs-size/latency Pareto plots.
+
+    With --bench, regenerate a benchmark page's table and plots from its JSON instead."""
+    if benches:
+        if runs:
+            raise MobilecError("give run folders or --bench files, not both", hint="run `mobilec compare` twice")
+        from mobilec.bench_render import render_bench_cli
+
+        for bench in benches:
+            for path in render_bench_cli(bench, out=out, metric=metric, size_key=size_key, latency_key=latency_key,
+                                         group_by=group_by, columns=columns):
+                click.echo(str(path))
+        return
+    given = [o for o, v in (("--metric", metric), ("--size-key", size_key), ("--latency-key", latency_key),
+                            ("--group-by", group_by), ("--columns", columns)) if v is not None]
+    if given:
+        raise MobilecError(f"{', '.join(given)} only apply with --bench", hint="drop them, or add --bench bench/results/NAME.json")
+    if not runs:
+        raise MobilecError("no run folders given", hint="mobilec compare RUN_DIR [RUN_DIR ...], or --bench bench/results/NAME.json")
     from mobilec.compare import compare as write_compare
 
-    for path in write_compare(list(runs), out):
+    for path in write_compare(list(runs), out if out is not None else Path("mobilec-out/compare")):
         click.echo(str(path))
 
 

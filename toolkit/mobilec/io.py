@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -19,11 +20,15 @@ from mobilec.errors import MobilecError
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it over ``final`` only on success.
 
-    An interrupted or failing writer leaves no half-written file at ``final``.
+    An interrupted or failing writer leaves no half-written file at ``final``. A full disk, a
+    read-only or unwritable folder raise MobilecError naming ``final``.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
+    except OSError as exc:
+        raise _write_error(final, exc) from None
     os.close(fd)
     tmp_path = Path(tmp)
     umask = os.umask(0)
@@ -32,9 +37,23 @@ def atomic_path(final: Path) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, final)
+    except OSError as exc:
+        if exc.errno in _WRITE_ERRNOS:
+            raise _write_error(final, exc) from None
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG}
+
+
+def _write_error(final: Path, exc: OSError) -> MobilecError:
+    reason = exc.strerror or os.strerror(exc.errno or 0) or type(exc).__name__
+    hint = "free disk space and rerun (--resume continues after the last completed pass)" \
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "choose a writable --out"
+    return MobilecError(f"cannot write {final}: {reason} (nothing was left half-written)", hint=hint)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
