@@ -234,12 +234,12 @@ def test_bad_parameters_raise_mobilec_error(params: dict, match: str) -> None:
         get_pass("tucker").from_params(params, where="recipe.toml")
 
 
-@pytest.mark.parametrize("name", ["tucker", "tucker-int8"])
-def test_shipped_tucker_recipes(name: str) -> None:
+@pytest.mark.parametrize(("name", "extra"), [("tucker", []), ("tucker-int8", ["ptq"]), ("tucker-profit4bit", ["profit"])])
+def test_shipped_tucker_recipes(name: str, extra: list[str]) -> None:
     rec = Recipe.load(name)
     kinds = [p.name for p in rec.passes]
-    assert kinds[:2] == ["tucker", "finetune"]
-    assert kinds[2:] == ([] if name == "tucker" else ["ptq"])
+    assert kinds == ["tucker", "finetune", *extra]  # composed recipes build on `tucker`
+    assert rec.passes[0].to_params() == Recipe.load("tucker").passes[0].to_params()
 
 
 def test_skip_first_means_first_executed_conv(tmp_path: Path) -> None:
