@@ -12,6 +12,7 @@ runtime on the full test split. Rows go to ``bench/results/tac.json`` and ``tac.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -64,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "bench-tac")
     p.add_argument("--out", type=Path, default=RESULTS / "tac.json")
+    p.add_argument("--merge", type=Path, nargs="+", default=None,
+                   help="combine earlier result files (e.g. one per model) into --out and re-render; runs nothing")
     return p.parse_args(argv)
 
 
@@ -164,6 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     from mobilec.io import write_json_atomic, write_text_atomic
     from mobilec.report import machine_description
 
+    if args.merge:
+        parts = [json.loads(p.read_text()) for p in args.merge]
+        rows = [r for part in parts for r in part["rows"]]
+        meta = {**parts[0]["meta"], "command": " && ".join(part["meta"]["command"] for part in parts),
+                "merged_from": [str(p) for p in args.merge]}
+        write_json_atomic(args.out, {"meta": meta, "rows": rows})
+        write_text_atomic(args.out.with_suffix(".md"), render(rows, meta))
+        return 0
     torch.set_num_threads(args.threads)
     weights = dict(w.split("=", 1) for w in args.weights)
     meta = {"machine": machine_description(), "command": "python bench/tac.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),

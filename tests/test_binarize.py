@@ -242,6 +242,11 @@ def test_tac_pass_binarizes_convs_and_prunes_fc_exactly(digits_and_model, tmp_pa
     assert "first conv" in rec.summary["kept"]
     assert rec.summary["aligned_inputs"] == 1  # features.7 is fed by features.3 through relu + max-pool
     assert callable(ctx.lowering)
+    # the FC layers follow the artifact's int8 grids in the eager model: input of the first on the last
+    # conv's output grid, the logits layer rounds its own output
+    fc1, fc2 = model.classifier[1], model.classifier[3]
+    assert torch.equal(fc1.in_qparams[:2], f[7].out_qparams[:2]) and float(fc1.in_qparams[2]) == 1.0
+    assert float(fc2.out_qparams[2]) == 1.0 and float(fc1.out_qparams[2]) == 0.0  # fc1's ReLU is fused: fc2's input grid
     # aligned thresholds sit on half-steps of the producer's int8 grid
     scale = float(f[3].out_qparams[0])
     t = f[7].act.threshold.detach().double() / scale - 0.5

@@ -28,6 +28,14 @@ The details the paper leaves open, as chosen here:
 - **Kept layers**: ``keep_first_conv`` (default true) leaves the first conv in float, as is
   usual for binary networks; ``keep_last`` leaves the last layer (conv or linear) untouched.
   The report lists every layer with what was done to it.
+- **Training**: fine-tuning from the float model with distillation from ``ctx.teacher``
+  (``(1−kd)·CE + kd·softCE``, T = 1), Adam by default; every schedule length is a parameter
+  and ``train_images`` makes an "epoch" a fixed number of freshly drawn images.
+- **After training** (``align_thresholds = true``): the int8 grids of the artifact are fixed
+  from real batches; thresholds of binary inputs fed by an int8 output move (by ≤ half a step)
+  onto that grid's half-steps, and linear layers fake-quantize their input (and, for the
+  logits layer, their output) on the artifact's grids. The eager model then computes what the
+  artifact computes, except for binary inputs fed by residual sums or averages of int8 outputs.
 
 Export: :mod:`mobilec.passes.binary_export` (``lower_binary``) lowers a binarized model to an
 int8 ExecuTorch/XNNPACK or LiteRT artifact; the pass hands it to the exporters through
@@ -51,7 +59,14 @@ from torch import nn
 
 from mobilec.errors import MobilecError
 from mobilec.passes.base import Pass
-from mobilec.passes.prune import PrunedQuantLinear, cubic_sparsity_schedule, layer_stats
+from mobilec.passes.prune import (
+    PrunedQuantLinear,
+    apply_grid,
+    copy_layer_params,
+    cubic_sparsity_schedule,
+    layer_stats,
+    set_qparams,
+)
 from mobilec.registry import register_pass
 
 if TYPE_CHECKING:
@@ -129,7 +144,26 @@ class BinaryActivation(nn.Module):
         return f"{self.channels}, learn_threshold={self.learn_threshold}"
 
 
-class BinaryConv2d(nn.Conv2d):
+class _BinaryLayer:
+    """What BinaryConv2d and BinaryLinear share: the input activation and ``α·sign(W)`` weights."""
+
+    act: BinaryActivation | None
+    weight: nn.Parameter
+
+    def _init_act(self, channels: int, binarize_input: bool, learn_threshold: bool) -> None:
+        self.act = BinaryActivation(channels, learn_threshold=learn_threshold) if binarize_input else None
+
+    def alpha(self) -> torch.Tensor:
+        return weight_alpha(self.weight)
+
+    def binary_weight(self) -> torch.Tensor:
+        return binarize_weight(self.weight)
+
+    def binary_input(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x) if self.act is not None else x
+
+
+class BinaryConv2d(_BinaryLayer, nn.Conv2d):
     """Conv2d on binary inputs (``act``; None keeps float inputs) with binary weights ``α·sign(W)``.
 
     ``weight`` holds the latent float weights the optimiser updates; ``binary_weight()`` is
@@ -140,11 +174,9 @@ class BinaryConv2d(nn.Conv2d):
     torch.Size([1, 4, 5, 5])
     """
 
-    act: BinaryActivation | None
-
     def __init__(self, *args: Any, binarize_input: bool = True, learn_threshold: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.act = BinaryActivation(self.in_channels, learn_threshold=learn_threshold) if binarize_input else None
+        self._init_act(self.in_channels, binarize_input, learn_threshold)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, *, binarize_input: bool = True, learn_threshold: bool = True) -> BinaryConv2d:
@@ -154,69 +186,42 @@ class BinaryConv2d(nn.Conv2d):
         new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
                   dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
                   binarize_input=binarize_input, learn_threshold=learn_threshold)
-        new.to(device=conv.weight.device, dtype=conv.weight.dtype)
-        with torch.no_grad():
-            new.weight.copy_(conv.weight)
-            if conv.bias is not None:
-                new.bias.copy_(conv.bias)
-        new.train(conv.training)
-        return new
-
-    def alpha(self) -> torch.Tensor:
-        return weight_alpha(self.weight)
-
-    def binary_weight(self) -> torch.Tensor:
-        return binarize_weight(self.weight)
+        return copy_layer_params(conv, new)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.act is not None:
-            x = self.act(x)
-        return self._conv_forward(x, self.binary_weight(), self.bias)
+        return self._conv_forward(self.binary_input(x), self.binary_weight(), self.bias)
 
 
-class BinaryLinear(nn.Linear):
+class BinaryLinear(_BinaryLayer, nn.Linear):
     """Linear layer on binary inputs with binary weights ``α·sign(W)`` (α per output row)."""
-
-    act: BinaryActivation | None
 
     def __init__(self, *args: Any, binarize_input: bool = True, learn_threshold: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.act = BinaryActivation(self.in_features, learn_threshold=learn_threshold) if binarize_input else None
+        self._init_act(self.in_features, binarize_input, learn_threshold)
 
     @classmethod
     def from_linear(cls, fc: nn.Linear, *, binarize_input: bool = True, learn_threshold: bool = True) -> BinaryLinear:
         new = cls(fc.in_features, fc.out_features, bias=fc.bias is not None,
                   binarize_input=binarize_input, learn_threshold=learn_threshold)
-        new.to(device=fc.weight.device, dtype=fc.weight.dtype)
-        with torch.no_grad():
-            new.weight.copy_(fc.weight)
-            if fc.bias is not None:
-                new.bias.copy_(fc.bias)
-        new.train(fc.training)
-        return new
-
-    def alpha(self) -> torch.Tensor:
-        return weight_alpha(self.weight)
-
-    def binary_weight(self) -> torch.Tensor:
-        return binarize_weight(self.weight)
+        return copy_layer_params(fc, new)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.act is not None:
-            x = self.act(x)
-        return F.linear(x, self.binary_weight(), self.bias)
+        return apply_grid(self, "out", F.linear(self.binary_input(x), self.binary_weight(), self.bias))
 
 
 BINARY_TYPES = (BinaryConv2d, BinaryLinear)
 
 
-def set_output_qparams(module: nn.Module, scale: float, zero_point: int) -> None:
+def binary_layer(mod: nn.Conv2d | nn.Linear, *, learn_threshold: bool = True) -> BinaryConv2d | BinaryLinear:
+    """The binary counterpart of a Conv2d or Linear layer (binary weights and inputs)."""
+    if isinstance(mod, nn.Conv2d):
+        return BinaryConv2d.from_conv(mod, learn_threshold=learn_threshold)
+    return BinaryLinear.from_linear(mod, learn_threshold=learn_threshold)
+
+
+def set_output_qparams(module: nn.Module, scale: float, zero_point: int, *, eager: bool = False) -> None:
     """Record the int8 grid (scale, zero point) the artifact uses for ``module``'s output (a buffer)."""
-    value = torch.tensor([scale, float(zero_point)], dtype=torch.float64)
-    if "out_qparams" in module._buffers:
-        module.out_qparams = value
-    else:
-        module.register_buffer("out_qparams", value)
+    set_qparams(module, "out", scale, zero_point, eager=eager)
 
 
 # --------------------------------------------------------------------------- model surgery
@@ -285,17 +290,15 @@ def restructure_like(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> n
     for name, mod in list(model.named_modules()):
         if isinstance(mod, (*BINARY_TYPES, PrunedQuantLinear)):
             continue
-        if f"{name}.act.threshold" in state_dict:
-            if isinstance(mod, nn.Conv2d):
-                _set_module(model, name, BinaryConv2d.from_conv(mod))
-            elif isinstance(mod, nn.Linear):
-                _set_module(model, name, BinaryLinear.from_linear(mod))
+        if f"{name}.act.threshold" in state_dict and isinstance(mod, nn.Conv2d | nn.Linear):
+            _set_module(model, name, binary_layer(mod))
         elif f"{name}.mask" in state_dict and isinstance(mod, nn.Linear):
             _set_module(model, name, PrunedQuantLinear.from_linear(mod))
         else:
             continue
-        if f"{name}.out_qparams" in state_dict:
-            set_output_qparams(model.get_submodule(name), 1.0, 0)  # the value comes with load_state_dict
+        for which in ("in", "out"):
+            if f"{name}.{which}_qparams" in state_dict:  # the values come with load_state_dict
+                set_qparams(model.get_submodule(name), which, 1.0, 0, eager=False)
     return model
 
 
@@ -374,12 +377,7 @@ class _BinaryBase(Pass):
             batches = data.calibration_batches(self.threshold_batches, self.batch_size, seed=seed)
             means = input_channel_means(model, names, batches)
         for name in names:
-            mod = model.get_submodule(name)
-            new: BinaryConv2d | BinaryLinear
-            if isinstance(mod, nn.Conv2d):
-                new = BinaryConv2d.from_conv(mod, learn_threshold=learned)
-            else:
-                new = BinaryLinear.from_linear(mod, learn_threshold=learned)
+            new = binary_layer(model.get_submodule(name), learn_threshold=learned)
             if learned and new.act is not None:
                 with torch.no_grad():
                     new.act.threshold.copy_(means[name])
@@ -422,6 +420,23 @@ class _BinaryBase(Pass):
                 rec["threshold"] = "learned" if mod.act is not None and mod.act.learn_threshold else "zero"
             out.append(rec)
         return out
+
+    def start(self, model: nn.Module, ctx: Context) -> dict[str, str]:
+        """Plan the layers and binarize the ``binary`` ones in place; returns the plan."""
+        data = ctx.require_image_data(self.name)
+        actions = self.plan(model, ctx.example_inputs)
+        self.binarize(model, actions, data, ctx.seed)
+        return actions
+
+    def record(self, model: nn.Module, ctx: Context, actions: dict[str, str], phases: list[dict[str, Any]],
+               t0: float) -> nn.Module:
+        """:meth:`finish`, then report the layers, training phases and summary; returns ``model``."""
+        align = self.finish(model, ctx)
+        layers = self.layer_records(model, actions)
+        summary = {**_summary(layers, phases, ctx.teacher is not None and self.kd_weight > 0), **align}
+        ctx.extras[self.name] = {"layers": layers, "phases": phases, **summary}
+        ctx.report.add_pass(self.name, self.to_params(), time.perf_counter() - t0, **summary, layers=layers, phases=phases)
+        return model
 
     def finish(self, model: nn.Module, ctx: Context) -> dict[str, Any]:
         """Fix the artifact's int8 grids (aligning thresholds to them) and install the binary lowering.
@@ -477,9 +492,7 @@ class TACPass(_BinaryBase):
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         t0 = time.perf_counter()
-        data = ctx.require_image_data(self.name)
-        actions = self.plan(model, ctx.example_inputs)
-        self.binarize(model, actions, data, ctx.seed)
+        actions = self.start(model, ctx)
         fcs = [n for n, a in actions.items() if a == "prune-quantize"]
         for name in fcs:
             _set_module(model, name, PrunedQuantLinear.from_linear(model.get_submodule(name)))
@@ -493,12 +506,7 @@ class TACPass(_BinaryBase):
                 model.get_submodule(name).bits = self.fc_bits
             phases.append({"phase": f"quantize FC to {self.fc_bits} bits",
                            **self.train_phase(model, ctx, self.epochs_quant, 1 + self.prune_steps)})
-        align = self.finish(model, ctx)
-        layers = self.layer_records(model, actions)
-        summary = {**_summary(layers, phases, ctx.teacher is not None and self.kd_weight > 0), **align}
-        ctx.extras[self.name] = {"layers": layers, "phases": phases, **summary}
-        ctx.report.add_pass(self.name, self.to_params(), time.perf_counter() - t0, **summary, layers=layers, phases=phases)
-        return model
+        return self.record(model, ctx, actions, phases, t0)
 
 
 @register_pass
@@ -523,16 +531,9 @@ class BinarizeAllPass(_BinaryBase):
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         t0 = time.perf_counter()
-        data = ctx.require_image_data(self.name)
-        actions = self.plan(model, ctx.example_inputs)
-        self.binarize(model, actions, data, ctx.seed)
+        actions = self.start(model, ctx)
         phases = [{"phase": "binary", **self.train_phase(model, ctx, self.epochs, 0)}]
-        align = self.finish(model, ctx)
-        layers = self.layer_records(model, actions)
-        summary = {**_summary(layers, phases, ctx.teacher is not None and self.kd_weight > 0), **align}
-        ctx.extras[self.name] = {"layers": layers, "phases": phases, **summary}
-        ctx.report.add_pass(self.name, self.to_params(), time.perf_counter() - t0, **summary, layers=layers, phases=phases)
-        return model
+        return self.record(model, ctx, actions, phases, t0)
 
 
 def _draw(data: Any, n: int, seed: int) -> Any:
@@ -578,6 +579,7 @@ __all__ = [
     "SignSTE",
     "TACPass",
     "binarize_weight",
+    "binary_layer",
     "binary_sign",
     "restructure_like",
     "set_output_qparams",

@@ -82,7 +82,8 @@ class _Lowered(nn.Module):
     """Export form of one binary / grid layer: optional LoweredSign, then a plain conv or linear.
 
     ``grid_qmax``: the weights are ``k·scale_c`` with integers ``|k| ≤ grid_qmax``;
-    ``out_qparams``: fixed (scale, zero point) of the int8 output, or None (calibrate).
+    ``out_qparams`` / ``in_qparams``: fixed (scale, zero point) of the int8 output / of a non-binary
+    input, or None (calibrate).
     """
 
     def __init__(self, src: nn.Module, layer: nn.Module, weight: torch.Tensor, grid_qmax: int, sign_ndim: int) -> None:
@@ -91,8 +92,10 @@ class _Lowered(nn.Module):
         self.sign = LoweredSign(act.threshold, sign_ndim) if act is not None else None
         self.layer = layer
         self.grid_qmax = grid_qmax
-        qp = getattr(src, "out_qparams", None)
+        qp = src._buffers.get("out_qparams")
         self.out_qparams = (float(qp[0]), int(qp[1])) if qp is not None else None
+        qi = src._buffers.get("in_qparams")
+        self.in_qparams = (float(qi[0]), int(qi[1])) if qi is not None else None
         with torch.no_grad():
             layer.weight.copy_(weight)
             if src.bias is not None:
@@ -200,10 +203,10 @@ def make_quantizer(lowered_model: nn.Module) -> Any:
     sign_spec = FixedQParamsQuantizationSpec(dtype=torch.int8, scale=SIGN_SCALE, zero_point=0, quant_min=-128,
                                              quant_max=127, qscheme=torch.per_tensor_affine)
 
-    def out_spec(mod: _Lowered) -> Any:
-        if mod.out_qparams is None:
+    def fixed_or_calibrated(qparams: tuple[float, int] | None) -> Any:
+        if qparams is None:
             return act_spec
-        scale, zp = mod.out_qparams
+        scale, zp = qparams
         return FixedQParamsQuantizationSpec(dtype=torch.int8, scale=scale, zero_point=zp, quant_min=-128, quant_max=127,
                                             qscheme=torch.per_tensor_affine)
 
@@ -215,9 +218,10 @@ def make_quantizer(lowered_model: nn.Module) -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.outputs: dict[str, Any] = {}
+            self.layers: dict[str, Any] = {}
 
         def annotate(self, gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
-            self.outputs = {}
+            self.outputs, self.layers = {}, {}
             for node in gm.graph.nodes:
                 if node.op != "call_function" or node.target not in _LAYER_OPS:
                     continue
@@ -225,16 +229,19 @@ def make_quantizer(lowered_model: nn.Module) -> Any:
                 if found is None:
                     continue
                 name, mod = found
-                qmap = {node.args[0]: sign_spec if mod.sign is not None else act_spec, node.args[1]: weight_spec(mod.grid_qmax)}
+                in_spec = sign_spec if mod.sign is not None else fixed_or_calibrated(mod.in_qparams)
+                qmap = {node.args[0]: in_spec, node.args[1]: weight_spec(mod.grid_qmax)}
                 users = list(node.users)
                 fused = users[0] if len(users) == 1 and users[0].target in _ACT_FUSE else None
+                out_spec = fixed_or_calibrated(mod.out_qparams)
                 if fused is None:
-                    node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map=qmap, output_qspec=out_spec(mod),
+                    node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map=qmap, output_qspec=out_spec,
                                                                          _annotated=True)
                 else:
                     node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map=qmap, _annotated=True)
-                    fused.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(output_qspec=out_spec(mod), _annotated=True)
+                    fused.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(output_qspec=out_spec, _annotated=True)
                 self.outputs[name] = fused if fused is not None else node
+                self.layers[name] = node
             return gm
 
         def validate(self, gm: torch.fx.GraphModule) -> None:
@@ -294,14 +301,20 @@ _GRID_PRESERVING = {
 }
 
 
-def _grid_source(node: Any, prepared: torch.fx.GraphModule) -> Any:
-    """The observer module whose int8 grid ``node``'s values lie on, or None."""
-    from torchao.quantization.pt2e.observer import ObserverBase
+def _grid_source(node: Any, prepared: torch.fx.GraphModule, grids: dict[int, Any]) -> Any:
+    """The output observer (one of ``grids``, by id) whose int8 grid ``node``'s values lie on, or None.
 
+    Walks back through grid-preserving ops and through other observers (which only watch).
+    """
     while True:
         if node.op == "call_module":
             mod = prepared.get_submodule(node.target)
-            return mod if isinstance(mod, ObserverBase) else None
+            if id(mod) in grids:
+                return mod
+            if not node.args:
+                return None
+            node = node.args[0]
+            continue
         if node.op != "call_function":
             return None
         if node.target in _GRID_PRESERVING:
@@ -317,32 +330,56 @@ def _grid_source(node: Any, prepared: torch.fx.GraphModule) -> Any:
 
 def align_thresholds(model: nn.Module, example_inputs: tuple[torch.Tensor, ...],
                      calibration: Sequence[torch.Tensor]) -> dict[str, Any]:
-    """Fix the int8 output grids of the binary/grid layers and snap binary-input thresholds onto them.
+    """Fix the artifact's int8 grids from real batches and make the eager model follow them.
 
-    Modifies ``model`` in place: each binary/grid layer gets an ``out_qparams`` buffer (scale,
-    zero point) calibrated on ``calibration``, and each binary input whose values come from
-    such an output through grid-preserving ops (ReLU, max-pool, flatten, ...) gets its
-    thresholds moved to ``scale·(m + ½)`` (nearest, kept inside the int8 range), so the
-    artifact's rounding can no longer flip a sign. Returns what was aligned and how far
-    thresholds moved (in units of the step).
+    Modifies ``model`` in place:
+
+    - each binary/grid layer gets an ``out_qparams`` buffer: the (scale, zero point) of its
+      int8 output in the artifact, calibrated on ``calibration``;
+    - each binary input whose values come from such an output through grid-preserving ops
+      (ReLU, max-pool, flatten, ...) gets its thresholds moved to ``scale·(m + ½)`` (nearest,
+      inside the int8 range), so the artifact's rounding cannot flip a sign;
+    - each pruned low-bit linear gets ``in_qparams`` (its producer's grid when it has one, else
+      its own calibrated input grid), and a linear whose output is quantized right at the layer
+      (the logits) applies that grid too: these layers fake-quantize in the eager forward exactly
+      where the artifact rounds, so eager and artifact compute the same values.
+
+    Returns what was aligned and how far thresholds moved (in units of the step).
     """
-    from mobilec.passes.binarize import set_output_qparams
+    from mobilec.passes.prune import set_qparams
 
     prepared, quantizer, low = _prepare(model, example_inputs)
     with torch.no_grad():
         for b in calibration:
             prepared(b)
-    observers = {}
+    grids: dict[int, tuple[str, float, int]] = {}
     for name, out_node in quantizer.outputs.items():
         obs_nodes = [u for u in out_node.users if u.op == "call_module"]
         if not obs_nodes:
             raise ExportError(f"no observer after layer {name!r} in the prepared graph", hint="report this model")
         obs = prepared.get_submodule(obs_nodes[0].target)
-        scale, zp = obs.calculate_qparams()
-        set_output_qparams(model.get_submodule(name), float(scale), int(zp))
-        observers[id(obs)] = (name, float(scale), int(zp))
+        scale, zp = (float(v) for v in obs.calculate_qparams())
+        eager_mod = model.get_submodule(name)
+        at_layer = out_node is quantizer.layers[name] and isinstance(eager_mod, nn.Linear)
+        set_qparams(eager_mod, "out", scale, int(zp), eager=at_layer)
+        grids[id(obs)] = (name, scale, int(zp))
     lowered = {n: m for n, m in low.named_modules() if isinstance(m, _Lowered)}
-    aligned, unaligned, shifts = [], [], []
+    aligned, unaligned, shifts, fc_inputs = [], [], [], []
+    for name, node in quantizer.layers.items():
+        if lowered[name].sign is not None:
+            continue
+        src = _grid_source(node.args[0], prepared, grids)
+        if src is not None:
+            producer, scale, zp = grids[id(src)]
+            fc_inputs.append(f"{name} <- {producer}")
+        else:
+            own = node.args[0]
+            obs = prepared.get_submodule(own.target) if own.op == "call_module" else None
+            if obs is None:
+                raise ExportError(f"no input observer before layer {name!r}", hint="report this model")
+            scale, zp = (float(v) for v in obs.calculate_qparams())
+            fc_inputs.append(f"{name} (own input grid)")
+        set_qparams(model.get_submodule(name), "in", scale, int(zp), eager=True)
     for node in prepared.graph.nodes:
         if node.op != "call_function" or node.target != torch.ops.aten.sub.Tensor:
             continue
@@ -350,11 +387,11 @@ def align_thresholds(model: nn.Module, example_inputs: tuple[torch.Tensor, ...],
         if found is None or found[1].sign is None:
             continue
         name, _ = found
-        src = _grid_source(node.args[0], prepared)
-        if src is None or id(src) not in observers:
+        src = _grid_source(node.args[0], prepared, grids)
+        if src is None:
             unaligned.append(name)
             continue
-        producer, scale, zp = observers[id(src)]
+        producer, scale, zp = grids[id(src)]
         act = model.get_submodule(name).act
         with torch.no_grad():
             t = act.threshold.detach().to(torch.float64)
@@ -364,7 +401,7 @@ def align_thresholds(model: nn.Module, example_inputs: tuple[torch.Tensor, ...],
             act.threshold.copy_(new)
         aligned.append(f"{name} <- {producer}")
     return {"aligned": aligned, "unaligned": unaligned, "max_shift_steps": max(shifts, default=0.0),
-            "output_grids": len(observers)}
+            "output_grids": len(grids), "fc_input_grids": fc_inputs}
 
 
 # --------------------------------------------------------------------------- per-layer records
@@ -504,7 +541,7 @@ def lower_binary(model: nn.Module, target: str, example_inputs: tuple[torch.Tens
     layers, problems = layer_bits(model, records)
     layers = _adjust_layers(model, layers)
     problems += check_layers(layers, model, file_size=size)
-    aligned = [m for m in model.modules() if getattr(m, "out_qparams", None) is not None]
+    aligned = [m for m in model.modules() if m._buffers.get("out_qparams") is not None]
     notes = [NO_XNOR_NOTE, *storage_notes(model), *session_notes]
     notes.append(f"binary inputs: sign(x - t) as clamp((x - t)*2^100 + 1, -1, 1) quantized at scale 1/127 (int8 +-127); "
                  f"{len(aligned)} layer output grid(s) fixed by threshold alignment"

@@ -26,7 +26,7 @@ True
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -93,6 +93,46 @@ def fake_quantize_symmetric(weight: torch.Tensor, bits: int) -> torch.Tensor:
     return weight + (q * scale - weight).detach()
 
 
+def int8_grid(x: torch.Tensor, qparams: torch.Tensor) -> torch.Tensor:
+    """``x`` fake-quantized to the int8 grid ``qparams = (scale, zero point, ...)`` (straight-through gradient)."""
+    return torch.fake_quantize_per_tensor_affine(x, float(qparams[0]), int(qparams[1]), -128, 127)
+
+
+def set_qparams(module: nn.Module, which: str, scale: float, zero_point: int, *, eager: bool) -> None:
+    """Store the artifact's int8 grid of ``module``'s input or output (``which`` = "in" | "out") as a buffer.
+
+    ``eager=True`` makes layers that honour it (linear layers: :class:`PrunedQuantLinear`,
+    ``BinaryLinear``) apply the same grid in their eager forward, so the eager model computes
+    what the int8 artifact computes.
+    """
+    name = f"{which}_qparams"
+    value = torch.tensor([scale, float(zero_point), 1.0 if eager else 0.0], dtype=torch.float64)
+    if name in module._buffers:
+        setattr(module, name, value)
+    else:
+        module.register_buffer(name, value)
+
+
+def apply_grid(module: nn.Module, which: str, x: torch.Tensor) -> torch.Tensor:
+    """``x`` on ``module``'s stored ``which`` grid when that grid is marked for the eager model, else ``x``."""
+    q = module._buffers.get(f"{which}_qparams")
+    return int8_grid(x, q) if q is not None and float(q[2]) > 0 else x
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def copy_layer_params(src: nn.Conv2d | nn.Linear, new: M) -> M:
+    """Give ``new`` the device, dtype, weight, bias and train/eval mode of ``src``; returns ``new``."""
+    new.to(device=src.weight.device, dtype=src.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(src.weight)
+        if src.bias is not None:
+            new.bias.copy_(src.bias)
+    new.train(src.training)
+    return new
+
+
 class PrunedQuantLinear(nn.Linear):
     """``nn.Linear`` whose effective weight is ``Q_bits(weight · mask)`` (mask: fixed 0/1 buffer).
 
@@ -126,14 +166,7 @@ class PrunedQuantLinear(nn.Linear):
 
     @classmethod
     def from_linear(cls, fc: nn.Linear, *, bits: int | None = None) -> PrunedQuantLinear:
-        new = cls(fc.in_features, fc.out_features, fc.bias is not None, bits=bits)
-        new.to(device=fc.weight.device, dtype=fc.weight.dtype)
-        with torch.no_grad():
-            new.weight.copy_(fc.weight)
-            if fc.bias is not None:
-                new.bias.copy_(fc.bias)
-        new.train(fc.training)
-        return new
+        return copy_layer_params(fc, cls(fc.in_features, fc.out_features, fc.bias is not None, bits=bits))
 
     def set_sparsity(self, sparsity: float) -> None:
         """Prune (nested with the current mask) to exactly ``round(sparsity·numel)`` zeros."""
@@ -149,7 +182,8 @@ class PrunedQuantLinear(nn.Linear):
         return fake_quantize_symmetric(w, self.bits) if self.bits is not None else w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.effective_weight(), self.bias)
+        x = apply_grid(self, "in", x)  # int8 grids set by threshold alignment (artifact numerics)
+        return apply_grid(self, "out", nn.functional.linear(x, self.effective_weight(), self.bias))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, bits={self.bits}, sparsity={self.sparsity():.3f}"
