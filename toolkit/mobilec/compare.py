@@ -145,36 +145,72 @@ def render_table(rows: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
-def plot_tradeoff(rows: list[dict[str, Any]], cost_key: str, label: str, title: str, path: Path) -> bool:
-    """Accuracy vs cost scatter, one marker per target, Pareto front drawn; False if no data."""
-    scale = 1 / 1024 if cost_key == "size_bytes" else 1.0
-    points = [
-        Point(r["recipe"], r["target"], r["accuracy"], r[cost_key] * scale)
+def tradeoff_points(rows: list[dict[str, Any]], cost_key: str, *, metric: str = "accuracy", cost_scale: float = 1.0,
+                    label: Any = None) -> list[Point]:
+    """Rows with both ``metric`` and ``cost_key`` as Points (``label(row)`` names a point; default: recipe)."""
+    name = label or (lambda r: str(r.get("recipe")))
+    return [
+        Point(name(r), str(r.get("target") or "-"), float(r[metric]), float(r[cost_key]) * cost_scale)
         for r in rows
-        if r.get("accuracy") is not None and r.get(cost_key) is not None
+        if isinstance(r.get(metric), int | float) and isinstance(r.get(cost_key), int | float)
     ]
+
+
+def plot_tradeoff(rows: list[dict[str, Any]], cost_key: str, label: str, title: str, path: Path, *, metric: str = "accuracy",
+                  metric_label: str = "top-1 accuracy of the artifact (%)", metric_scale: float = 100.0,
+                  point_label: Any = None) -> bool:
+    """Metric vs cost scatter, one marker per target, Pareto front drawn; False if no data."""
+    points = tradeoff_points(rows, cost_key, metric=metric, cost_scale=1 / 1024 if cost_key.endswith("bytes") else 1.0,
+                             label=point_label)
     if not points:
         return False
+    fig = tradeoff_figure(points, label, title, metric_label=metric_label, metric_scale=metric_scale)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return True
+
+
+def tradeoff_figure(points: list[Point], label: str, title: str, *, metric_label: str, metric_scale: float) -> Any:
+    """The scatter (gid ``points:<target>``) and the Pareto front line (gid ``pareto``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    fig, ax = plt.subplots(figsize=(7.2, 4.8), dpi=110)
     for target in sorted({p.target for p in points}):
         pts = [p for p in points if p.target == target]
-        ax.scatter([p.cost for p in pts], [p.accuracy * 100 for p in pts], marker=MARKERS.get(target, "x"), s=55, label=target)
-        for p in pts:
-            ax.annotate(p.recipe, (p.cost, p.accuracy * 100), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.scatter([p.cost for p in pts], [p.accuracy * metric_scale for p in pts], marker=MARKERS.get(target, "x"), s=55,
+                   alpha=0.7, label=target, gid=f"points:{target}")
     front = pareto_front(points)
-    ax.plot([p.cost for p in front], [p.accuracy * 100 for p in front], "--", color="gray", lw=1, label="Pareto front")
+    ax.plot([p.cost for p in front], [p.accuracy * metric_scale for p in front], "--", color="gray", lw=1, label="Pareto front",
+            gid="pareto")
+    _annotate(ax, [(p.recipe, p.cost, p.accuracy * metric_scale) for p in points])
     ax.set_xlabel(label)
-    ax.set_ylabel("top-1 accuracy of the artifact (%)")
+    ax.set_ylabel(metric_label)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return True
+    return fig
+
+
+def _annotate(ax: Any, labels: list[tuple[str, float, float]]) -> None:
+    """Name each point once: a label equal to one already drawn nearby is skipped; a label that would
+    overlap another is moved down a line."""
+    ax.autoscale_view()
+    scale = 72.0 / ax.figure.dpi
+    placed: list[tuple[str, float, float]] = []  # text, x, y of each label's anchor, in points
+    for text, x, y in sorted(labels, key=lambda t: (-t[2], t[1])):
+        px, py = (v * scale for v in ax.transData.transform((x, y)))
+        if any(t == text and abs(px - qx) < 8 and abs(py - qy) < 8 for t, qx, qy in placed):
+            continue  # the same recipe at (almost) the same spot, e.g. two targets of one size
+        dy = 4.0
+        width = 4.8 * len(text)  # 8 pt text
+        while any(abs(py + dy - qy) < 10 and px < qx + 4.8 * len(t) and qx < px + width for t, qx, qy in placed):
+            dy -= 10
+        placed.append((text, px, py + dy))
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, dy), fontsize=8)

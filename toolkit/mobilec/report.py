@@ -48,6 +48,7 @@ class RunReport:
     failures: list[dict[str, str]] = field(default_factory=list)  # targets that could not be exported
     profiles: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    plots: list[dict[str, Any]] = field(default_factory=list)  # plots.PlotRecord dicts: file or error
     command: str = ""
 
     def add_pass(self, name: str, params: dict[str, Any], seconds: float, **summary: Any) -> PassRecord:
@@ -69,9 +70,15 @@ class RunReport:
             "failures": self.failures,
             "profiles": self.profiles,
             "notes": self.notes,
+            "plots": self.plots,
         }
 
-    def write(self, folder: Path) -> None:
+    def write(self, folder: Path, *, plots: bool = True) -> None:
+        """report.json, report.md and (``plots``) the run's PNG plots, all in ``folder``."""
+        if plots:
+            from mobilec.plots import render_run_plots
+
+            self.plots = render_run_plots(self.to_dict(), Path(folder))
         write_json_atomic(folder / "report.json", self.to_dict())
         write_text_atomic(folder / "report.md", render_markdown(self.to_dict()))
 
@@ -92,6 +99,19 @@ def _fmt(x: Any, spec: str = ".4f") -> str:
     if isinstance(x, int | float) and not isinstance(x, bool):
         return format(x, spec)
     return str(x)
+
+
+def _plot_lines(rep: dict[str, Any], section: str) -> list[str]:
+    """Markdown for the plots of one report section: the image, or why it could not be drawn."""
+    lines = []
+    for p in rep.get("plots") or []:
+        if p.get("section") != section:
+            continue
+        if p.get("file"):
+            lines += [f"![{p['title']}]({p['file']})", ""]
+        else:
+            lines += [f"- plot '{p['title']}' could not be drawn: {p.get('error')}", ""]
+    return lines
 
 
 def _pass_detail_lines(p: dict[str, Any]) -> list[str]:
@@ -129,6 +149,8 @@ def render_markdown(rep: dict[str, Any]) -> str:
         lines.append("")
         for p in rep["passes"]:
             lines += _pass_detail_lines(p)
+        for i in range(len(rep["passes"])):
+            lines += _plot_lines(rep, f"pass:{i}")
     if rep["artifacts"]:
         lines += [
             "## Artifacts",
@@ -170,6 +192,7 @@ def render_markdown(rep: dict[str, Any]) -> str:
                     f"| {layer['stored']} | {layer['executed']} | {layer['stored_bytes']} | {layer['packed_bytes']} |"
                 )
             lines.append("")
+            lines += _plot_lines(rep, f"artifact:{a['target']}")
     if rep["failures"]:
         lines += ["## Failed targets", ""]
         lines += [f"- {f['target']}: {f['error']}" for f in rep["failures"]]
@@ -189,6 +212,7 @@ def render_markdown(rep: dict[str, Any]) -> str:
                 f"| {_fmt(p.get('load_ms'), '.1f')} | {_fmt_bytes(p.get('peak_memory_bytes'))} |"
             )
         lines.append("")
+        lines += _plot_lines(rep, "profiling")
     if rep["notes"]:
         lines += ["## Notes", ""] + [f"- {n}" for n in rep["notes"]] + [""]
     return "\n".join(lines)

@@ -1,0 +1,111 @@
+"""bench_render: the bench page's table and Pareto plots come from the JSON rows, idempotently."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from mobilec.bench_render import BEGIN, END, main, order_columns, plan_table, point_labeller, render_file
+from mobilec.cli import main as cli
+from mobilec.compare import pareto_front, tradeoff_figure, tradeoff_points
+from mobilec.errors import MobilecError
+
+ROWS = [
+    {"model": "m", "recipe": "fp32", "target": "executorch", "accuracy": 0.91, "size_bytes": 4096 * 1024,
+     "latency_ms_p50": 4.0, "verification": {"passed": True}, "machine": "AMD EPYC", "status": "verified"},
+    {"model": "m", "recipe": "int8", "target": "executorch", "accuracy": 0.90, "size_bytes": 1024 * 1024,
+     "latency_ms_p50": 1.0, "verification": {"passed": True}, "machine": "AMD EPYC", "status": "verified"},
+    {"model": "m", "recipe": "int4", "target": "tflite", "accuracy": 0.80, "size_bytes": 2048 * 1024,
+     "latency_ms_p50": 2.0, "verification": {"passed": True}, "machine": "AMD EPYC", "status": "verified"},
+    {"model": "m", "recipe": "broken", "target": "tflite", "accuracy": None, "machine": "AMD EPYC",
+     "status": "failed: the converter | crashed"},
+]
+
+
+def _write(tmp_path: Path, rows: list[dict[str, Any]], name: str = "demo") -> Path:
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"benchmark": name, "command": f"python bench/{name}.py", "rows": rows}))
+    return path
+
+
+def test_columns_follow_the_rows_in_a_sensible_order() -> None:
+    assert order_columns(["status", "snr_db", "cpu_ms_p50", "params", "notes", "target", "recipe", "eager_accuracy"]) == [
+        "recipe", "target", "snr_db", "eager_accuracy", "params", "cpu_ms_p50", "notes", "status"]
+    table = plan_table(ROWS)
+    assert table.columns == ["recipe", "target", "accuracy", "size_bytes", "latency_ms_p50", "status"]
+    assert table.constant == {"model": "m", "machine": "AMD EPYC"}  # same in every row: said once, above the table
+    assert table.nested == ["verification"]
+
+
+def test_page_table_holds_every_row_and_keeps_the_prose(tmp_path: Path) -> None:
+    path = _write(tmp_path, ROWS)
+    (tmp_path / "demo.md").write_text("# Demo bench\n\nProse the bench script wrote.\n")
+    files = render_file(path, command="mobilec compare --bench demo.json")
+    page = (tmp_path / "demo.md").read_text()
+    assert page.startswith("# Demo bench\n\nProse the bench script wrote.\n")
+    assert "| recipe | target | accuracy | size_bytes | latency_ms_p50 | status |" in page
+    assert "| int8 | executorch | 0.9000 | 1,048,576 | 1.000 | verified |" in page
+    assert "| broken | tflite | - | - | - | failed: the converter \\| crashed |" in page  # a | inside a cell is escaped
+    assert "Every row: model = m; machine = AMD EPYC" in page and "Regenerate: `mobilec compare --bench demo.json`" in page
+    assert {f.name for f in files} == {"demo.md", "demo_accuracy_vs_size.png", "demo_accuracy_vs_latency.png"}
+    assert "![accuracy vs size_bytes](demo_accuracy_vs_size.png)" in page
+    # rerunning replaces the block: same page, one block
+    render_file(path, command="mobilec compare --bench demo.json")
+    assert (tmp_path / "demo.md").read_text() == page and page.count(BEGIN) == 1 and page.count(END) == 1
+
+
+def test_plotted_points_and_front_are_the_rows(tmp_path: Path) -> None:
+    pts = tradeoff_points(ROWS, "size_bytes", cost_scale=1 / 1024)
+    assert [(p.recipe, p.target, p.accuracy, p.cost) for p in pts] == [
+        ("fp32", "executorch", 0.91, 4096.0), ("int8", "executorch", 0.90, 1024.0), ("int4", "tflite", 0.80, 2048.0)]
+    assert [p.recipe for p in pareto_front(pts)] == ["int8", "fp32"]  # int4 is bigger and worse than int8
+    ax = tradeoff_figure(pts, "KB", "t", metric_label="%", metric_scale=100.0).axes[0]
+    front = next(line for line in ax.lines if line.get_gid() == "pareto")
+    assert list(front.get_xdata()) == [1024.0, 4096.0] and list(front.get_ydata()) == pytest.approx([90.0, 91.0])
+    scat = {c.get_gid(): c.get_offsets().tolist() for c in ax.collections}
+    assert scat == {"points:executorch": [[4096.0, 91.0], [1024.0, 90.0]], "points:tflite": [[2048.0, 80.0]]}
+    assert sorted(t.get_text() for t in ax.texts) == ["fp32", "int4", "int8"]
+
+
+def test_groups_are_never_mixed_and_labels_name_stages(tmp_path: Path) -> None:
+    rows = [*ROWS[:2], {**ROWS[2], "model": "other"}]
+    render_file(_write(tmp_path, rows))
+    page = (tmp_path / "demo.md").read_text()
+    assert "2 groups by model" in page and "### model m" in page and "### model other" in page
+    assert (tmp_path / "demo_accuracy_vs_size-1.png").is_file() and (tmp_path / "demo_accuracy_vs_size-2.png").is_file()
+    staged = [{"recipe": "tucker", "stage": "before fine-tuning", "target": "tflite"},
+              {"recipe": "tucker", "stage": "tucker", "target": "tflite"}, {"recipe": "fp32", "stage": "fp32", "target": "tflite"}]
+    label = point_labeller(staged)
+    assert [label(r) for r in staged] == ["tucker (before fine-tuning)", "tucker (tucker)", "fp32"]
+
+
+def test_other_metric_and_missing_columns(tmp_path: Path) -> None:
+    rows = [{"model": "lightgcn", "recall@20": 0.38, "embedding_bytes": 672000, "artifact_bytes": {"tflite": 1}},
+            {"model": "c2f", "recall@20": 0.35, "embedding_bytes": 55442, "artifact_bytes": {"tflite": 1}}]
+    path = _write(tmp_path, rows, "rec")
+    files = render_file(path, out=tmp_path / "o", metric="recall@20", size_key="embedding_bytes", group_by=[])
+    page = files[0].read_text()
+    assert page.startswith("# Benchmark `rec`") and "| lightgcn | 0.3800 | 672,000 |" in page
+    assert "No recall@20-vs-latency plot: no numeric latency column" in page
+    assert [f.name for f in files[1:]] == ["rec_recall_20_vs_size.png"]
+    with pytest.raises(MobilecError, match="no row has a number in 'accuracy'"):
+        render_file(path, metric="accuracy")
+
+
+def test_cli_and_module_entry_points(tmp_path: Path) -> None:
+    path = _write(tmp_path, ROWS)
+    result = CliRunner().invoke(cli, ["compare", "--bench", str(path), "--columns", "recipe,accuracy"])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "demo.md").read_text()
+    assert "| recipe | accuracy |" in page and f"--bench {path} --columns recipe,accuracy" in page
+    assert main([str(path)]) == 0 and "| recipe | target | accuracy |" in (tmp_path / "demo.md").read_text()
+    bad = CliRunner().invoke(cli, ["compare", "--bench", str(tmp_path / "nope.json")])
+    assert bad.exit_code == 2 and "does not exist" in bad.output
+    mixed = CliRunner().invoke(cli, ["compare", str(tmp_path), "--metric", "accuracy"])
+    assert mixed.exit_code == 2 and "--metric only apply with --bench" in mixed.output
+    (tmp_path / "rows.json").write_text(json.dumps({"rows": []}))
+    assert main([str(tmp_path / "rows.json")]) == 2
