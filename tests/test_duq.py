@@ -160,7 +160,7 @@ def test_weight_init_is_0_9_max_abs() -> None:
 
 @pytest.mark.parametrize("bits", [0, 1, 9, 16])
 def test_bits_outside_2_to_8_are_rejected(bits: int) -> None:
-    with pytest.raises(MobilecError, match="outside the supported range 2..8"):
+    with pytest.raises(MobilecError, match=r"outside the supported range 2\.\.8"):
         DuQuantizer("signed", bits)
     with pytest.raises(MobilecError, match="weight_bits"):
         convert_to_duq(TinyNet(), weight_bits=bits, act_bits=4)
@@ -237,7 +237,7 @@ def test_untraceable_model_is_a_clear_error() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.conv(x) if x.sum() > 0 else -self.conv(x)
 
-    with pytest.raises(MobilecError, match="torch.fx-traceable"):
+    with pytest.raises(MobilecError, match=r"torch\.fx-traceable"):
         convert_to_duq(Branchy(), weight_bits=4, act_bits=4)
 
 

@@ -7,4 +7,4 @@ from mobilec.passes import (
     ptq,  # noqa: F401
     tucker,  # noqa: F401
 )
-from mobilec.passes.quant import profit  # noqa: F401
+from mobilec.passes.quant import profit, rtn  # noqa: F401

@@ -1,0 +1,304 @@
+"""Benchmark: DuQ / PROFIT sub-4-bit QAT vs fp32, int8 PTQ and round-to-nearest 4-bit PTQ on Fashion-MNIST.
+
+Each row is one ``mobilec.export`` run (the same code path as ``mobilec export --recipe R --model M``):
+the recipe's passes, then every target exported and run *in its runtime* on the full 10k test split.
+Row fields: ``model, recipe, target, accuracy`` (the artifact), ``eager_accuracy`` (the compressed
+torch model), ``fp32_accuracy``, ``top1_agreement``, ``max_abs_error``, ``size_bytes``,
+``packed_weight_bytes`` (weights bit-packed at their information bits), ``train_seconds``,
+``machine``, ``command``. Rows merge into ``bench/results/profit.json`` by (model, recipe, target),
+so the table can be filled in several runs (a CPU now, a GPU later). ``--from-run DIR`` adds the
+rows of an existing ``mobilec export`` output folder (its report.json) instead of re-running it.
+``--step-time`` measures a DuQ W4A4 QAT training step against an fp32 step (same batch, same loop).
+
+    python bench/profit.py --models mobilenet_v2 --rows fp32,int8,rtn4bit,duq4bit,profit4bit
+    python bench/profit.py --from-run mobilec-out/mobilenet_v2-profit4bit      # rows of a CLI run
+    python bench/profit.py --device cuda --models mobilenet_v2,mobilenet_v3_small \\
+        --rows fp32,int8,rtn4bit,duq4bit,profit4bit,duq3bit,profit3bit,profit4bit-full --step-time
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "toolkit") not in sys.path:
+    sys.path.insert(0, str(ROOT / "toolkit"))  # run from a checkout without installing
+
+RESULTS = ROOT / "bench" / "results"
+DEFAULT_ROWS = "fp32,int8,rtn4bit,duq4bit,profit4bit,duq3bit,profit3bit"
+#: accuracy goals of issue 3, in points of top-1 below fp32 (artifact accuracy, same target)
+GOALS = {"w4a4_max_drop_points": 0.5, "w3a3_max_drop_points": 1.5, "qat_step_time_max_ratio": 1.5}
+W4A4, W3A3 = ("duq4bit", "profit4bit", "profit4bit-full"), ("duq3bit", "profit3bit")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="mobilenet_v2", help="comma-separated zoo models (shipped checkpoints)")
+    p.add_argument("--rows", default=DEFAULT_ROWS, help="comma-separated recipes, one row per recipe and target")
+    p.add_argument("--targets", default="executorch,tflite", help="comma-separated export targets")
+    p.add_argument("--data", default="fashion-mnist", help="data set (the shipped checkpoints are Fashion-MNIST ones)")
+    p.add_argument("--weights-dir", type=Path, default=None,
+                   help="use DIR/<model>_<data>.pt instead of the shipped checkpoints (smoke runs on other data)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the QAT passes train")
+    p.add_argument("--threads", type=int, default=2, help="torch threads on the CPU")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--from-run", type=Path, action="append", default=[], metavar="DIR",
+                   help="add the rows of an existing `mobilec export` output folder (repeatable); runs nothing else")
+    p.add_argument("--step-time", action="store_true", help="measure DuQ QAT vs fp32 training step time per model")
+    p.add_argument("--step-batches", type=int, default=30, help="timed steps per measurement (after 5 warm-up steps)")
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/mobilec-bench-profit"), help="export output folders")
+    p.add_argument("--out", type=Path, default=RESULTS / "profit.json")
+    return p.parse_args(argv)
+
+
+def select_device(device: str) -> None:
+    """The DuQ passes train on CUDA whenever it is visible: hide it for ``--device cpu``."""
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible")
+
+
+def pin_executorch_threadpool(threads: int = 1) -> None:
+    """Size ExecuTorch's thread pool before any program loads (resizing a used pool crashed the host; bench/tucker.py)."""
+    try:
+        from executorch.extension.pybindings import portable_lib
+    except ImportError:
+        return
+    if portable_lib._threadpool_get_thread_count() != threads:
+        portable_lib._unsafe_reset_threadpool(threads)
+
+
+# ----------------------------------------------------------------------------- rows
+def rows_from_report(rep: dict[str, Any], *, model: str, recipe: str, command: str, machine: str) -> list[dict[str, Any]]:
+    """One row per target of a run's report (report.json of ``mobilec export``)."""
+    passes = rep.get("passes", [])
+    qat = next((p for p in passes if p["name"] in ("duq", "profit")), None)
+    summ = qat["summary"] if qat else {}
+    acc = rep.get("accuracy", {})
+    rows = []
+    for art in rep.get("artifacts", []):
+        v = art.get("verification") or {}
+        layers = art.get("layers") or []
+        rows.append({
+            "model": model, "recipe": recipe, "target": art["target"],
+            "accuracy": v.get("accuracy"),
+            "eager_accuracy": acc.get("compressed_eager"),
+            "fp32_accuracy": acc.get("original"),
+            "verified_against": v.get("reference"),
+            "top1_agreement": v.get("top1_agreement"), "max_abs_error": v.get("max_abs_error"), "snr_db": v.get("snr_db"),
+            "n_test": v.get("n_samples"), "status": art.get("status"),
+            "size_bytes": art.get("size_bytes"),
+            "stored_weight_bytes": sum(lb["stored_bytes"] for lb in layers) if layers else None,
+            "packed_weight_bytes": sum(lb["packed_bytes"] for lb in layers) if layers else None,
+            "weight_info_bits": sorted({lb["info_bits"] for lb in layers}) if layers else None,
+            "stored": sorted({lb["stored"] for lb in layers}) if layers else None,
+            "executed": sorted({lb["executed"] for lb in layers}) if layers else None,
+            "train_seconds": summ.get("train_seconds", 0.0),
+            "compress_seconds": round(sum(p.get("seconds") or 0.0 for p in passes), 1),
+            "qat_steps": summ.get("steps"), "qat_mean_step_seconds": summ.get("mean_step_seconds"),
+            "holdout_accuracy": summ.get("holdout_accuracy"),
+            "aiwq_top3": (summ.get("aiwq_ranking") or [])[:3] or None,
+            "machine": machine, "command": command,
+            "cli_equivalent": f"mobilec export --recipe {recipe} --model {model} --target {art['target']}",
+        })
+    for fail in rep.get("failures", []):
+        if not any(r["target"] == fail["target"] for r in rows):
+            rows.append({"model": model, "recipe": recipe, "target": fail["target"], "accuracy": None,
+                         "error": str(fail["error"])[:500], "machine": machine, "command": command})
+    return rows
+
+
+def run_row(model: str, recipe: str, targets: list[str], args: argparse.Namespace, command: str,
+            machine: str) -> list[dict[str, Any]]:
+    from mobilec import api
+
+    out = args.workdir / f"{model}-{Path(recipe).stem}"
+    weights = args.weights_dir / f"{model}_{args.data.replace('-', '_')}.pt" if args.weights_dir else None
+    t0 = time.perf_counter()
+    res = api.export(recipe, model=model, weights=weights, data=args.data, targets=targets, out=out, force=True,
+                     seed=args.seed, show_progress=False, profile=False, command=command)
+    rows = rows_from_report(res.report.to_dict(), model=model, recipe=res.report.recipe, command=command, machine=machine)
+    for r in rows:
+        r["run_seconds"] = round(time.perf_counter() - t0, 1)
+        r["run_dir"] = str(out)
+    return rows
+
+
+# ----------------------------------------------------------------------------- step time
+def step_time(model_name: str, data_name: str, device: str, batches: int, seed: int) -> dict[str, Any]:
+    """Mean seconds per training step: the float model vs its DuQ W4A4 version (all quantizers on), same loop.
+
+    Both use the DuQ pass's Trainer (SGD Nesterov, batch 64, augmentation, no distillation) on the
+    same device; 5 warm-up steps are not timed. Weights are freshly initialised (time does not depend on them).
+    """
+    import torch
+
+    from mobilec.data import load_dataset
+    from mobilec.models import build_model
+    from mobilec.passes.quant import qmodules as qm_
+    from mobilec.passes.quant.trainer import DistInfo, Trainer
+
+    data = load_dataset(data_name)
+    dev = torch.device(device)
+    x, y = data.x_train[:8192], data.y_train[:8192]
+    zero = (-torch.tensor(data.mean) / torch.tensor(data.std)).view(1, -1, 1, 1)
+    fp = build_model(model_name, num_classes=data.num_classes, in_channels=data.input_shape[0], pretrained=False)
+    q = qm_.convert_to_duq(fp, weight_bits=4, act_bits=4)
+    qm_.init_activation_quantizers(q, x[:256])
+    qm_.init_weight_quantizers(q)
+    qm_.enable_quantizers(q, acts=True, weights=True)
+    out: dict[str, Any] = {"model": model_name, "device": device, "batch_size": 64, "timed_steps": batches}
+    for label, m in (("fp32", fp), ("duq_w4a4", q)):
+        m.to(dev)
+        tr = Trainer(m, x, y, teacher=None, batch_size=64, weight_decay=2e-5, quant_lr_scale=0.01, augment=True,
+                     hflip=False, zero=zero, seed=seed, ema_decay=0.0, dist=DistInfo(), device=dev)
+        tr.run_phase("warm-up", 5, lr=1e-3)
+        tr.step_seconds.clear()
+        tr.run_phase("timed", batches, lr=1e-3)
+        times = sorted(tr.step_seconds)
+        out[f"{label}_step_seconds"] = sum(times) / len(times)
+        out[f"{label}_step_seconds_median"] = times[len(times) // 2]
+    out["ratio"] = out["duq_w4a4_step_seconds"] / out["fp32_step_seconds"]
+    out["ratio_median"] = out["duq_w4a4_step_seconds_median"] / out["fp32_step_seconds_median"]
+    return out
+
+
+# ----------------------------------------------------------------------------- goals, markdown
+def check_goals(rows: list[dict[str, Any]], steps: dict[str, Any]) -> dict[str, Any]:
+    by = {(r["model"], r["recipe"], r["target"]): r for r in rows if r.get("accuracy") is not None}
+    out: dict[str, Any] = {"targets": GOALS}
+    for (model, recipe, target), r in sorted(by.items()):
+        fp = r.get("fp32_accuracy")
+        if fp is None or recipe not in W4A4 + W3A3:
+            continue
+        drop = (fp - r["accuracy"]) * 100
+        limit = GOALS["w4a4_max_drop_points"] if recipe in W4A4 else GOALS["w3a3_max_drop_points"]
+        out[f"{model}/{recipe}/{target}"] = {"drop_points_vs_fp32": round(drop, 3), "limit": limit, "met": drop <= limit}
+    for (model, recipe, target), r in sorted(by.items()):
+        if recipe == "profit3bit" and (model, "duq3bit", target) in by:
+            d = by[(model, "duq3bit", target)]["accuracy"]
+            out[f"{model}/profit3bit>duq3bit/{target}"] = {"profit3bit": r["accuracy"], "duq3bit": d, "met": r["accuracy"] > d}
+    for model, s in steps.items():
+        out[f"{model}/qat_step_time_ratio"] = {"ratio": round(s["ratio"], 3), "limit": GOALS["qat_step_time_max_ratio"],
+                                                "met": s["ratio"] <= GOALS["qat_step_time_max_ratio"]}
+    return out
+
+
+def _f(v: Any, spec: str = ".4f") -> str:
+    return "-" if v is None else format(v, spec) if isinstance(v, int | float) else str(v)
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    lines = [f"# DuQ / PROFIT benchmark ({result.get('data', 'fashion-mnist')})", "",
+             f"- machine: {result['machine']['description']}",
+             "- accuracy = the exported artifact run in its runtime on the full test split; eager = the compressed torch "
+             "model; fp32 = the shipped checkpoint (eager). Bits: every quantized weight is stored as an int8 code and "
+             "executed in int8 arithmetic; `packed` is the size the weights would take bit-packed at their information bits.",
+             "- each row's exact command is in profit.json (`command`); `mobilec export --recipe R --model M` reproduces it.",
+             ""]
+    for model in sorted({r["model"] for r in result["rows"]}):
+        lines += [f"## {model}", "",
+                  "| recipe | target | accuracy | eager | Δ vs fp32 (pt) | top-1 agreement | max abs err | size | "
+                  "stored weight B | packed weight B | info bits | train s |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+        for r in sorted((r for r in result["rows"] if r["model"] == model), key=_row_order):
+            if r.get("accuracy") is None:
+                lines.append(f"| {r['recipe']} | {r['target']} | failed: {r.get('error', '?')[:120]} ||||||||||")
+                continue
+            drop = (r["accuracy"] - r["fp32_accuracy"]) * 100 if r.get("fp32_accuracy") is not None else None
+            bits = ",".join(_f(b, "g") for b in r.get("weight_info_bits") or [])
+            lines.append(
+                f"| {r['recipe']} | {r['target']} | {_f(r['accuracy'])} | {_f(r.get('eager_accuracy'))} | {_f(drop, '+.2f')} "
+                f"| {_f(r.get('top1_agreement'))} | {_f(r.get('max_abs_error'), '.3g')} | {_f(r.get('size_bytes'), ',')} "
+                f"| {_f(r.get('stored_weight_bytes'), ',')} | {_f(r.get('packed_weight_bytes'), ',')} | {bits or '-'} "
+                f"| {_f(r.get('train_seconds'), '.0f')} |")
+        lines.append("")
+    if result.get("step_time"):
+        lines += ["## Training step time: DuQ W4A4 QAT vs fp32", "",
+                  "| model | device | fp32 s/step | DuQ s/step | ratio (mean) | ratio (median) |", "|---|---|---:|---:|---:|---:|"]
+        for s in result["step_time"].values():
+            lines.append(f"| {s['model']} | {s['device']} | {s['fp32_step_seconds']:.4f} | {s['duq_w4a4_step_seconds']:.4f} "
+                         f"| {s['ratio']:.2f} | {s['ratio_median']:.2f} |")
+        lines.append("")
+    lines += ["## Goals (issue 3)", "", "| goal | value | limit | met |", "|---|---|---|---|"]
+    for k, g in result["goals"].items():
+        if k == "targets":
+            continue
+        val = g.get("drop_points_vs_fp32", g.get("ratio", f"{_f(g.get('profit3bit'))} vs {_f(g.get('duq3bit'))}"))
+        lines.append(f"| {k} | {val} | {g.get('limit', '>')} | {'yes' if g['met'] else '**no**'} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _row_order(r: dict[str, Any]) -> tuple[int, str]:
+    order = ["fp32", "int8", "rtn4bit", "duq4bit", "profit4bit", "profit4bit-full", "duq3bit", "profit3bit"]
+    return (order.index(r["recipe"]) if r["recipe"] in order else len(order), r["target"])
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    select_device(args.device)
+    import torch
+
+    from mobilec.io import write_json_atomic, write_text_atomic
+    from mobilec.report import machine_description
+
+    torch.set_num_threads(args.threads)
+    pin_executorch_threadpool(1)
+    command = shlex.join(["python", "bench/profit.py", *(sys.argv[1:] if argv is None else argv)])
+    mach = machine_description()
+    gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else None
+    desc = f"{mach['cpu']}, {mach['cores']} cores" + (f", QAT on {gpu}" if gpu else ", CPU only, shared")
+    result: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {"benchmark": "profit", "rows": []}
+    result.setdefault("step_time", {})
+    result["data"] = args.data
+    new_rows: list[dict[str, Any]] = []
+
+    for run_dir in args.from_run:
+        rep = json.loads((run_dir / "report.json").read_text())
+        model = rep["model"].get("name") or rep["model"].get("spec") or "?"
+        new_rows += rows_from_report(rep, model=model, recipe=rep["recipe"], command=rep.get("command") or "?", machine=desc)
+    if not args.from_run:
+        targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+        for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+            if args.step_time:
+                result["step_time"][model] = {**step_time(model, args.data, args.device,
+                                                          args.step_batches, args.seed), "machine": desc}
+                print(f"{model}: QAT step / fp32 step = {result['step_time'][model]['ratio']:.2f}", flush=True)
+            for recipe in [r.strip() for r in args.rows.split(",") if r.strip()]:
+                rows = run_row(model, recipe, targets, args, command, desc)
+                new_rows += rows
+                for r in rows:
+                    print(f"{model:20s} {r['recipe']:16s} {r['target']:10s} acc {_f(r.get('accuracy'))} "
+                          f"eager {_f(r.get('eager_accuracy'))} agree {_f(r.get('top1_agreement'))} "
+                          f"train {_f(r.get('train_seconds'), '.0f')}s {r.get('error', '')}", flush=True)
+                _save(result, new_rows, desc, args, write_json_atomic, write_text_atomic)  # keep partial results
+    _save(result, new_rows, desc, args, write_json_atomic, write_text_atomic)
+    print(f"wrote {args.out} and {args.out.with_suffix('.md').name}", flush=True)
+    return 0
+
+
+def _save(result: dict[str, Any], new_rows: list[dict[str, Any]], desc: str, args: argparse.Namespace, write_json: Any,
+          write_text: Any) -> None:
+    keys = {(r["model"], r["recipe"], r["target"]) for r in new_rows}
+    result["rows"] = [r for r in result["rows"] if (r["model"], r["recipe"], r["target"]) not in keys] + new_rows
+    result["machine"] = {"description": desc}
+    result["goals"] = check_goals(result["rows"], result["step_time"])
+    write_json(args.out, result)
+    write_text(args.out.with_suffix(".md"), render_markdown(result))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
