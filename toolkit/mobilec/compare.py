@@ -125,6 +125,10 @@ def _fmt(x: Any, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _kb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1024:.1f} KB"
+
+
 def render_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| recipe | target | accuracy (artifact) | size | packed weights | p50 ms [p10, p90] | energy | MACs | status |",
@@ -139,8 +143,8 @@ def render_table(rows: list[dict[str, Any]]) -> list[str]:
         size = r.get("size_bytes")
         packed = r.get("packed_weight_bytes")
         lines.append(
-            f"| {r['recipe']} | {r['target']} | {_fmt(r.get('accuracy'), '.4f')} | {_fmt(size / 1024 if size else None, '.1f')} KB "
-            f"| {_fmt(packed / 1024 if packed else None, '.1f')} KB | {lat} | {energy} | {_fmt(r.get('macs'), ',')} | {r.get('status')} |"
+            f"| {r['recipe']} | {r['target']} | {_fmt(r.get('accuracy'), '.4f')} | {_kb(size)} "
+            f"| {_kb(packed)} | {lat} | {energy} | {_fmt(r.get('macs'), ',')} | {r.get('status')} |"
         )
     return [*lines, ""]
 
@@ -187,7 +191,8 @@ def tradeoff_figure(points: list[Point], label: str, title: str, *, metric_label
                    alpha=0.7, label=target, gid=f"points:{target}")
     front = pareto_front(points)
     ax.plot([p.cost for p in front], [p.accuracy * metric_scale for p in front], "--", color="gray", lw=1, label="Pareto front",
-            gid="pareto")
+            gid="pareto", drawstyle="steps-post")  # the staircase: what is attainable at each cost
+    ax.margins(x=0.1, y=0.08)  # room for the labels at the edges
     _annotate(ax, [(p.recipe, p.cost, p.accuracy * metric_scale) for p in points])
     ax.set_xlabel(label)
     ax.set_ylabel(metric_label)
