@@ -203,6 +203,8 @@ class DuQTraining(Pass):
             mean_step_seconds=round(sum(step_times) / max(len(step_times), 1), 4),
             processes=dist.world, phases=phases, aiwq={k: float(v) for k, v in aiwq.items()},
             aiwq_ranking=ranking, frozen_phase2=top, frozen_phase3=top + mid,
+            aiwq_top5=", ".join(f"{n} {aiwq[n]:.3g}" for n in ranking[:5]),  # a scalar the Markdown report shows
+            layers_frozen=f"{len(top)} in phase 2, {len(top) + len(mid)} in phase 3 of {len(ranking)} convs",
             act_init={k: round(v, 5) for k, v in act_init.items()},
             layers={n: {"op": lp.op, "act_kind": lp.act_kind, "act_source": lp.act_source, "role": lp.role,
                         "output": f"duq:{lp.fused_into}" if lp.fused_into else "int8"} for n, lp in plan.layers.items()},
