@@ -195,3 +195,20 @@ def test_recipe_with_empty_codebook_is_one_clear_error(tmp_path: Path) -> None:
     bad.write_text('version = 1\n[[passes]]\ntype = "c2f_fine"\nc2 = 0\n')
     with pytest.raises(MobilecError, match=r"c2 = 0 must be at least 1"):
         Recipe.load(str(bad))
+
+
+def test_omp_warm_start_refits_the_support_from_partition_centroids(data) -> None:
+    from mobilec.recsys.lightgcn import BPRConfig, train_lightgcn
+
+    ref, _ = train_lightgcn(data, dim=8, layers=1, cfg=BPRConfig(epochs=4, lr=3e-2, batch_size=512, eval_every=4))
+    pinv = MetaEmbedLightGCN(data, dim=8, layers=1, c1=8, t=3, partition="spectral")
+    omp = MetaEmbedLightGCN(data, dim=8, layers=1, c1=8, t=3, partition="spectral", select="omp")
+    e_pinv, e_omp = pinv.warm_start(ref.embedding)["relative_error"], omp.warm_start(ref.embedding)["relative_error"]
+    assert e_omp < e_pinv
+    assert all(len(set(row.tolist())) == 3 for row in omp.s1_index)
+    stats = omp.refresh_coarse_assignment()
+    assert 0.0 <= stats["rows_changed"] <= 1.0 and omp.serving_form(data, iters=2).fit["select"] == "omp"
+    with pytest.raises(MobilecError, match="unknown support rule"):
+        MetaEmbedLightGCN(data, dim=8, layers=1, c1=8, t=3, partition="spectral", select="topk")
+    with pytest.raises(ValueError, match="select"):
+        C2FCoarse(select="topk")

@@ -125,3 +125,16 @@ def test_rejected_artifact_is_removed(tmp_path: Path, monkeypatch: pytest.Monkey
     assert not art_path.exists() and out["artifacts"][0]["status"].startswith("rejected")
     assert out["failures"][0]["target"] == "executorch"
     assert np.isfinite(form.embedding_bytes())
+
+
+def test_omp_support_fits_closer_than_the_pinv_rule() -> None:
+    form = _random_form(n_users=30, n_items=40, c=12, t=3, d=8, seed=4)
+    h = torch.cat(form.embeddings())
+    start = form.codebook + 0.05 * torch.randn_like(form.codebook)
+    omp = fit_composed(h, start, 3, 30, select="omp", iters=4)
+    pinv = fit_composed(h, start, 3, 30, select="pinv", iters=4)
+    assert omp.fit["select"] == "omp" and omp.indices().shape == (70, 3)
+    assert all(len(set(row.tolist())) == 3 for row in omp.indices())  # t distinct rows per entity
+    assert omp.fit["relative_error"] < pinv.fit["relative_error"] and omp.fit["relative_error"] < 0.1
+    with pytest.raises(MobilecError, match="unknown support rule"):
+        fit_composed(h, start, 3, 30, select="lasso")

@@ -151,6 +151,12 @@ class C2FCoarse(_TrainParams):
     weights w* / (1 - w*)/(t - 1)). ``learn_weights`` trains the t values of each S1 row with
     BPR (the support still changes only on refresh).
 
+    ``select`` is the rule picking each entity's t codebook rows: ``"pinv"``, the paper's
+    per-row top-t of ``H pinv(B)``, or ``"omp"``, orthogonal matching pursuit on the same
+    least-squares objective. It applies to the warm start (with ``"omp"`` the graph partition
+    gives the starting codebook, its cluster means, and the support is fitted), to the S1
+    refresh and to the served form's fit.
+
     >>> C2FCoarse(c1=300, t=2).to_params()["type"]
     'c2f_coarse'
     """
@@ -166,12 +172,15 @@ class C2FCoarse(_TrainParams):
     learn_weights: bool = True
     refresh: bool = True
     refresh_epochs: int = 200
+    select: Literal["pinv", "omp"] = "pinv"  # support rule of S1 (warm start, refresh) and of the served form
 
     def __post_init__(self) -> None:
         if self.c1 < 1:
             raise ValueError(f"codebook size c1 = {self.c1} must be at least 1")
         if self.t < 1:
             raise ValueError(f"t = {self.t} must be at least 1")
+        if self.select not in ("pinv", "omp"):
+            raise ValueError(f"select = {self.select!r} must be \"pinv\" or \"omp\"")
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         from mobilec.recsys.lightgcn import train_bpr
@@ -182,7 +191,8 @@ class C2FCoarse(_TrainParams):
         dim, layers = _reference_dims(model, self.name)
         _check_budget(self.budget_bytes, composed_bytes(data, self.c1, self.t, dim), data, dim, self.name, "c1")
         meta = MetaEmbedLightGCN(data, dim=dim, layers=layers, c1=self.c1, t=self.t, own_weight=self.own_weight,
-                                 partition=self.partition, init_std=self.init_std, learn_weights=self.learn_weights, seed=ctx.seed)
+                                 partition=self.partition, init_std=self.init_std, learn_weights=self.learn_weights, select=self.select,
+                                 seed=ctx.seed)
         warm: dict[str, float] = {}
         if self.init == "reference":
             if not isinstance(getattr(model, "embedding", None), torch.Tensor):

@@ -95,20 +95,25 @@ class MetaEmbedLightGCN(GraphHolder, nn.Module):
         partition: str = "metis",
         init_std: float = 0.1,
         learn_weights: bool = True,
+        select: str = "pinv",
         seed: int = 0,
     ) -> None:
         super().__init__()
         n = data.n_users + data.n_items
         check_codebook(c1, t, n, "c1")
+        if select not in ("pinv", "omp"):
+            raise MobilecError(f"unknown support rule select = {select!r}", hint="use \"pinv\" (the paper's) or \"omp\"")
         if t > 1 and not 0.0 < own_weight < 1.0:
             raise MobilecError(f"own_weight {own_weight} must lie in (0, 1)", hint="the method uses 0.5-0.6")
         from mobilec.recsys.partition import partition_graph
 
         self.n_users, self.n_items, self.dim, self.layers = data.n_users, data.n_items, dim, layers
-        self.c1, self.t, self.seed = c1, t, seed
+        self.c1, self.t, self.seed, self.select = c1, t, seed, select
+        self._parts = None
         gen = torch.Generator().manual_seed(seed)
         self.coarse = nn.Parameter(torch.randn(c1, dim, generator=gen) * init_std)
         parts = partition_graph(data, c1, method=partition, seed=seed)
+        self._parts = torch.as_tensor(parts, dtype=torch.long)
         idx, w = partition_assignment(parts, c1, t, own_weight, seed)
         self.register_buffer("s1_index", idx)
         if learn_weights:  # the t values of each row train with BPR; the support changes only on refresh
@@ -215,6 +220,9 @@ class MetaEmbedLightGCN(GraphHolder, nn.Module):
     def refresh_coarse_assignment(self) -> dict[str, float]:
         """S1 <- per-row top-t of H_full pinv(H_c), rescaled to the row's previous L1 norm; rebuild the graph.
 
+        With ``select = "omp"`` the support is the one orthogonal matching pursuit picks for H_full
+        on H_c, and the values are the least-squares weights on it (rescaled the same way).
+
         The rescaling keeps every row on its current scale (rows sum to 1 at init; with learnable
         weights the scale is learned): the raw pinv coefficients are small (the minimum-norm
         solution spreads over all c1 centroids), and refreshing every epoch with them shrinks
@@ -222,8 +230,13 @@ class MetaEmbedLightGCN(GraphHolder, nn.Module):
         (observed on ML-100k).
         """
         h_full, h_c, _ = self.propagated_states()
-        proj = h_full @ torch.linalg.pinv(h_c)
-        idx, vals = topk_rows(proj, self.t)
+        if self.select == "omp":
+            from mobilec.recsys.scoring import _row_weights, omp_support
+
+            idx = omp_support(h_full, h_c, self.t)
+            vals = _row_weights(h_full.double(), h_c.double(), idx, 1e-4).float()
+        else:
+            idx, vals = topk_rows(h_full @ torch.linalg.pinv(h_c), self.t)
         with torch.no_grad():
             old_l1 = self.s1_weight.abs().sum(1, keepdim=True)
             vals = vals * old_l1 / vals.abs().sum(1, keepdim=True).clamp_min(1e-12)
@@ -239,6 +252,9 @@ class MetaEmbedLightGCN(GraphHolder, nn.Module):
         Dot-product rankings do not change when every embedding is scaled by the same factor, so
         the reference ego table is scaled into tanh's near-linear range, mapped through atanh,
         and fitted by least squares on the partition support of S1 (which stays as initialised).
+        With ``select = "omp"`` the graph partition gives the starting codebook instead (the mean
+        target row of each cluster) and S1's support is refitted by orthogonal matching pursuit
+        (alternating with least-squares codebooks): a much closer start at the same t.
         """
         from mobilec.recsys.scoring import fit_composed
 
@@ -248,14 +264,21 @@ class MetaEmbedLightGCN(GraphHolder, nn.Module):
                                hint="warm-start from the LightGCN trained on the same data and width")
         scale = float(torch.quantile(ref.abs().reshape(-1)[:1_000_000], 0.999)) / 0.9 or 1.0
         target = torch.atanh((ref / scale).clamp(-0.95, 0.95))
-        form = fit_composed(target, self.coarse.detach(), self.t, self.n_users, support=self.s1_index.clone(),
-                            reselect=False, iters=iters)
+        if self.select == "omp":
+            assert self._parts is not None
+            sums = torch.zeros(self.c1, self.dim).index_add_(0, self._parts, target)
+            counts = torch.bincount(self._parts, minlength=self.c1).clamp_min(1)
+            form = fit_composed(target, sums / counts[:, None], self.t, self.n_users, reselect=True, select="omp", iters=iters)
+        else:
+            form = fit_composed(target, self.coarse.detach(), self.t, self.n_users, support=self.s1_index.clone(),
+                                reselect=False, iters=iters)
         with torch.no_grad():
             self.coarse.copy_(form.codebook)
+            self.s1_index.copy_(form.indices())
             self.s1_weight.copy_(form.weight.float())
             self.output_scale.fill_(scale)
         self.rebuild_graph()
-        return {"scale": scale, "relative_error": form.fit["relative_error"]}
+        return {"scale": scale, "relative_error": form.fit["relative_error"], "select": self.select}
 
     def epoch_start(self, epoch: int) -> None:
         """Before a fixed-assignment epoch: re-derive the graph's entity-meta links from the learned weights."""
@@ -346,7 +369,7 @@ class MetaEmbedLightGCN(GraphHolder, nn.Module):
         from mobilec.recsys.scoring import fit_composed
 
         h_full, h_c, _ = self.propagated_states()
-        return fit_composed(h_full, h_c, self.t, self.n_users, reselect=True, **kwargs)
+        return fit_composed(h_full, h_c, self.t, self.n_users, reselect=True, select=self.select, **kwargs)
 
 
 class HashLightGCN(GraphHolder, nn.Module):

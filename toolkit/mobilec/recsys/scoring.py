@@ -196,16 +196,21 @@ def fit_composed(
     *,
     support: torch.Tensor | None = None,
     reselect: bool = True,
+    select: str = "pinv",
     iters: int = 10,
     ridge: float = 1e-4,
 ) -> ServingForm:
     """Fit ``h ≈ S B`` with t non-zeros per row of S, starting from codebook ``B``.
 
-    Alternates (a) supports: the method's rule, per-row top-t of ``h pinv(B)`` (only when
-    ``reselect``; otherwise ``support`` stays), (b) per-row least-squares weights on the
-    support, (c) the least-squares codebook ``B = (S^T S + ridge I)^-1 S^T h``. The iterate
-    with the lowest relative error ``||h - S B|| / ||h||`` is kept.
+    Alternates (a) supports (only when ``reselect``; otherwise ``support`` stays), chosen by
+    ``select``: ``"pinv"``, the method's rule, per-row top-t of ``h pinv(B)``, or ``"omp"``,
+    orthogonal matching pursuit (greedy, picks each next row against the residual; a much
+    closer fit at the same t), (b) per-row least-squares weights on the support, (c) the
+    least-squares codebook ``B = (S^T S + ridge I)^-1 S^T h``. The iterate with the lowest
+    relative error ``||h - S B|| / ||h||`` is kept.
     """
+    if select not in ("pinv", "omp"):
+        raise MobilecError(f"unknown support rule select = {select!r}", hint="use \"pinv\" or \"omp\"")
     h = h.detach().to(torch.float64)
     b = codebook.detach().to(torch.float64).clone()
     c = b.shape[0]
@@ -216,7 +221,7 @@ def fit_composed(
     history = []
     for _ in range(max(iters, 1)):
         if reselect:
-            support = torch.topk(h @ torch.linalg.pinv(b), t, dim=1).indices
+            support = omp_support(h, b, t) if select == "omp" else torch.topk(h @ torch.linalg.pinv(b), t, dim=1).indices
         assert support is not None
         w = _row_weights(h, b, support, ridge)
         s = torch.zeros(h.shape[0], c, dtype=h.dtype).scatter_add_(1, support, w)
@@ -236,7 +241,18 @@ def fit_composed(
     err, b, support, w = best
     return ServingForm.composed(b.float(), support, w.float(), n_users,
                                 fit={"relative_error": err, "iterations": len(history), "reselect": reselect,
-                                     "history": [round(e, 5) for e in history]})
+                                     "select": select if reselect else "fixed", "history": [round(e, 5) for e in history]})
+
+
+def omp_support(h: torch.Tensor, b: torch.Tensor, t: int) -> torch.Tensor:
+    """Per row of ``h``, the t codebook rows orthogonal matching pursuit picks (weights are refit by the caller)."""
+    from sklearn.decomposition import sparse_encode
+
+    bn = b.detach().double().numpy()
+    bn = bn / np.maximum(np.linalg.norm(bn, axis=1, keepdims=True), 1e-12)
+    codes = sparse_encode(h.detach().double().numpy(), bn, algorithm="omp", n_nonzero_coefs=t)
+    order = np.argsort(-np.abs(codes), axis=1, kind="stable")  # OMP may stop early (exact fit): pad with other rows
+    return torch.as_tensor(order[:, :t].copy())
 
 
 def _row_weights(h: torch.Tensor, b: torch.Tensor, support: torch.Tensor, ridge: float) -> torch.Tensor:
