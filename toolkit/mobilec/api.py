@@ -97,6 +97,16 @@ def export(
     if weights is not None and model is None:
         raise MobilecError("--weights needs --model", hint="name the model the weights belong to: --model file.py:factory")
 
+    from mobilec.recsys.run import is_recsys_request
+
+    if is_recsys_request(rec, model, data):  # LightGCN on interaction data: see mobilec.recsys.run
+        from mobilec.recsys.run import export_recommender_run
+
+        rec_out = prepare_out_dir(Path(out) if out is not None else Path("mobilec-out") / f"lightgcn-{rec.name}", force=force)
+        return export_recommender_run(rec, model=model, weights=Path(weights) if weights else None, data=data,
+                                      targets=chosen_targets, out_dir=rec_out, seed=seed, show_progress=show_progress,
+                                      command=command or "mobilec.export(" + ", ".join(
+                                          f"{k}={v!r}" for k, v in _given(recipe, model, data, targets).items()) + ")")
     from mobilec.data import load_dataset
     from mobilec.models.loader import load_model
     from mobilec.report import RunReport

@@ -116,7 +116,8 @@ def main() -> None:
     help="Zoo name (see `mobilec models`), path/to/file.py:factory, or a .pt2 file. Default: mobilenet_v2.",
 )
 @click.option("--weights", type=click.Path(path_type=Path), default=None, help="state_dict for a file.py:factory model.")
-@click.option("--data", default=None, help="fashion-mnist (default), digits, imagefolder:PATH or npz:PATH.")
+@click.option("--data", default=None, help="fashion-mnist (default), digits, imagefolder:PATH, npz:PATH; "
+              "recommenders (--model lightgcn): ml-100k, interactions:PATH.tsv.")
 @click.option("--target", "targets", default=None, help="Comma-separated subset of executorch,tflite,onnx (default: the recipe's).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (default: mobilec-out/MODEL-RECIPE).")
 @click.option("--force", is_flag=True, help="Replace the files of an earlier run in --out.")
