@@ -181,7 +181,11 @@ def _from_dict(doc: dict[str, Any], *, name: str, where: str, source: Path | Non
         kind = table.pop("type", None)
         if not isinstance(kind, str):
             raise MobilecError(f"{where}: passes[{i}] needs a string 'type'", hint='e.g. type = "ptq"')
-        passes.append(get_pass(kind).from_params(table, where=f"{where} passes[{i}]"))
+        try:
+            pass_cls = get_pass(kind)
+        except MobilecError as exc:  # name the file and the table, not just the type
+            raise MobilecError(f"{where} passes[{i}]: {exc.problem}", hint=exc.hint) from None
+        passes.append(pass_cls.from_params(table, where=f"{where} passes[{i}]"))
 
     specs = {}
     for key, spec_cls in (("export", ExportSpec), ("verify", VerifySpec), ("profile", ProfileSpec)):

@@ -102,7 +102,8 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 def ops_in_message(text: str) -> list[str]:
     """Operator names (``aten.foo.default`` / ``aten::foo``) quoted in an error message."""
     found = re.findall(r"\b(?:aten|quantized_decomposed|torchao|prims)(?:\.|::)[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?", text)
-    return list(dict.fromkeys(f.replace("::", ".") for f in found))
+    ops = list(dict.fromkeys(f.replace("::", ".") for f in found))
+    return [op for op in ops if not any(other.startswith(op + ".") for other in ops)]  # aten.abs with aten.abs.default
 
 
 def modules_using(graph_module: Any, op: str) -> list[str]:
@@ -118,8 +119,38 @@ def modules_using(graph_module: Any, op: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def modules_for_ops(graph_module: Any, ops: Sequence[str]) -> list[str]:
+    """Module paths of the nodes calling any of ``ops`` in a graph, matched on the bare op name.
+
+    Namespaces, overloads and underscores are ignored, so ``prims.erf_inv.default`` (what a
+    converter reports after decomposition) finds the ``aten.erfinv.default`` node the model called.
+    """
+    from mobilec.export.layers import op_name
+
+    wanted = {_bare_op(op) for op in ops}
+    out = []
+    for node in graph_module.graph.nodes:
+        if node.op == "call_function" and _bare_op(op_name(node.target)) in wanted:
+            stack = node.meta.get("nn_module_stack") or {}
+            if stack:
+                out.append(list(stack.values())[-1][0] or "<root>")
+    return list(dict.fromkeys(out))
+
+
+def _bare_op(op: str) -> str:
+    parts = op.replace("::", ".").split(".")
+    if len(parts) > 1 and parts[0] in ("aten", "prims", "quantized_decomposed", "torchao", "edge"):
+        parts = parts[1:]
+    return parts[0].replace("_", "").lower()
+
+
+def error_text(exc: BaseException) -> str:
+    """The messages of ``exc`` and its causes, ANSI colour codes removed."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(str(e) for e in _chain(exc)))
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines() if ln.strip()]
     return (lines[0] if lines else type(exc).__name__)[:limit]
 
 

@@ -20,7 +20,9 @@ from mobilec.errors import ExportError
 from mobilec.export import (
     batch1_example,
     check_calibration,
+    error_text,
     first_line,
+    modules_for_ops,
     modules_using,
     ops_in_message,
     pt2e_quantize,
@@ -155,10 +157,8 @@ def _skip(name: str) -> bool:
 
 
 def _lowering_error(exc: Exception, ep: Any, stage: str) -> ExportError:
-    ops = ops_in_message(str(exc))
-    where = []
-    for op in ops[:3]:
-        where += modules_using(ep.graph_module, op)
+    ops = ops_in_message(error_text(exc))
+    where = modules_for_ops(ep.graph_module, ops[:3])
     return ExportError(
         f"executorch: {stage} failed"
         + (f" on op {', '.join(ops[:3])}" if ops else "")

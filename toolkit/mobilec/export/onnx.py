@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -18,7 +19,16 @@ import torch
 from torch import nn
 
 from mobilec.errors import ExportError, MobilecError
-from mobilec.export import batch1_example, check_calibration, first_line, smoke_check, torch_export
+from mobilec.export import (
+    batch1_example,
+    check_calibration,
+    error_text,
+    first_line,
+    modules_for_ops,
+    ops_in_message,
+    smoke_check,
+    torch_export,
+)
 from mobilec.export.base import Artifact
 from mobilec.export.layers import check_layers, layer_bits, onnx_records, ort_int8_weights, summarize
 from mobilec.io import atomic_path
@@ -142,8 +152,18 @@ def _export_fp32(model: nn.Module, example: torch.Tensor, path: Path) -> None:
                                         output_names=[OUTPUT_NAME], external_data=False, verbose=False)
         program.save(str(path), external_data=False)
     except Exception as exc:
-        raise ExportError(f"onnx: torch.onnx.export failed: {type(exc).__name__}: {first_line(exc)}",
-                          hint="replace the op named above with a standard one, or export to executorch/tflite") from exc
+        text = error_text(exc)
+        ops = ops_in_message(text)
+        where = modules_for_ops(ep.graph_module, ops[:3])
+        missing = re.search(r"No ONNX function found for <OpOverload\(op='([^']+)'", text)
+        raise ExportError(
+            "onnx: torch.onnx.export failed"
+            + (f" on op {', '.join(ops[:3])}" if ops else "")
+            + (f" in module {', '.join(where[:3])}" if where else "")
+            + (f": no ONNX translation for {missing.group(1)}" if missing else f": {type(exc).__name__}: {first_line(exc)}"),
+            hint="replace that op in the named module with a standard one (or compute it outside the model), "
+                 "or export to executorch/tflite",
+        ) from exc
 
 
 def _strip_debug_metadata(path: Path) -> int:

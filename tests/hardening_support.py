@@ -1,0 +1,98 @@
+"""Shared by the hardening tests (issue 9): a tiny digits model + recipe, and reliability counters.
+
+``record(kind, n)`` counts fuzz cases and fault injections per test; ``bench/reliability.py`` sets
+MOBILEC_RELIABILITY_LOG and collects the counts into bench/results/reliability.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+MODEL_SRC = """
+from torch import nn
+
+def make():
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    )
+"""
+
+# two seeded fine-tunes (RNG-dependent: shuffling, subset choice) then int8 PTQ; ONNX only by default
+RECIPE_TOML = """
+description = "hardening test recipe"
+[[passes]]
+type = "finetune"
+epochs = 1
+lr = 0.01
+batch_size = 32
+max_train_samples = 128
+augment = true
+evaluate = false
+[[passes]]
+type = "finetune"
+epochs = 1
+lr = 0.005
+batch_size = 32
+max_train_samples = 128
+augment = true
+evaluate = false
+[[passes]]
+type = "ptq"
+calibration_batches = 2
+batch_size = 16
+[export]
+targets = ["onnx"]
+[verify]
+min_top1_agreement = 0.5
+max_samples = 40
+"""
+
+
+def fuzz_examples(default: int) -> int:
+    """max_examples for a fuzz test: the suite's default, or MOBILEC_FUZZ_EXAMPLES (bench/reliability.py)."""
+    return int(os.environ.get("MOBILEC_FUZZ_EXAMPLES", default))
+
+
+def record(kind: str, n: int = 1) -> None:
+    """Count ``n`` fuzz cases / fault injections of ``kind`` for the running test (no-op outside the bench)."""
+    log = os.environ.get("MOBILEC_RELIABILITY_LOG")
+    if not log:
+        return
+    test = os.environ.get("PYTEST_CURRENT_TEST", "?").rsplit(" ", 1)[0]
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"test": test, "kind": kind, "n": n}) + "\n")
+
+
+def write_tiny_inputs(root: Path) -> dict[str, Path]:
+    """tiny.py (a 2-conv CNN for 8x8 digits), its briefly trained weights, and the test recipe."""
+    from mobilec.data import load_dataset
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "tiny.py").write_text(MODEL_SRC)
+    (root / "recipe.toml").write_text(RECIPE_TOML)
+    ns: dict = {}
+    exec(MODEL_SRC, ns)
+    torch.manual_seed(0)
+    model = ns["make"]()
+    ds = load_dataset("digits")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(3):
+        for i in range(0, len(ds.x_train), 64):
+            opt.zero_grad()
+            F.cross_entropy(model(ds.x_train[i:i + 64]), ds.y_train[i:i + 64]).backward()
+            opt.step()
+    torch.save(model.eval().state_dict(), root / "tiny.pt")
+    return {"root": root, "model": root / "tiny.py", "weights": root / "tiny.pt", "recipe": root / "recipe.toml"}
+
+
+def export_args(inp: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return ["export", "--recipe", str(inp["recipe"]), "--model", f"{inp['model']}:make", "--weights", str(inp["weights"]),
+            "--data", "digits", "--out", str(out), "--no-profile", *extra]
