@@ -35,6 +35,8 @@ def _write(tmp_path: Path, rows: list[dict[str, Any]], name: str = "demo") -> Pa
 def test_columns_follow_the_rows_in_a_sensible_order() -> None:
     assert order_columns(["status", "snr_db", "cpu_ms_p50", "params", "notes", "target", "recipe", "eager_accuracy"]) == [
         "recipe", "target", "snr_db", "eager_accuracy", "params", "cpu_ms_p50", "notes", "status"]
+    assert order_columns(["accuracy_source", "accuracy", "size_bytes"], text_keys=["accuracy_source"]) == [
+        "accuracy", "size_bytes", "accuracy_source"]
     table = plan_table(ROWS)
     assert table.columns == ["recipe", "target", "accuracy", "size_bytes", "latency_ms_p50", "status"]
     assert table.constant == {"model": "m", "machine": "AMD EPYC"}  # same in every row: said once, above the table
@@ -42,15 +44,16 @@ def test_columns_follow_the_rows_in_a_sensible_order() -> None:
 
 
 def test_page_table_holds_every_row_and_keeps_the_prose(tmp_path: Path) -> None:
-    path = _write(tmp_path, ROWS)
+    path = _write(tmp_path, [{**r, "command": "python bench/demo.py"} for r in ROWS])  # the header says it already
     (tmp_path / "demo.md").write_text("# Demo bench\n\nProse the bench script wrote.\n")
     files = render_file(path, command="mobilec compare --bench demo.json")
     page = (tmp_path / "demo.md").read_text()
     assert page.startswith("# Demo bench\n\nProse the bench script wrote.\n")
-    assert "| recipe | target | accuracy | size_bytes | latency_ms_p50 | status |" in page
+    assert "| recipe | target | accuracy | size_bytes | latency_ms_p50 | status |\n|---|---|---:|---:|---:|---|" in page
     assert "| int8 | executorch | 0.9000 | 1,048,576 | 1.000 | verified |" in page
     assert "| broken | tflite | - | - | - | failed: the converter \\| crashed |" in page  # a | inside a cell is escaped
-    assert "Every row: model = m; machine = AMD EPYC" in page and "Regenerate: `mobilec compare --bench demo.json`" in page
+    assert "Every row: model = m; machine = AMD EPYC\n" in page  # not the command again: the header says it
+    assert "- command: python bench/demo.py" in page and "Regenerate: `mobilec compare --bench demo.json`" in page
     assert {f.name for f in files} == {"demo.md", "demo_accuracy_vs_size.png", "demo_accuracy_vs_latency.png"}
     assert "![accuracy vs size_bytes](demo_accuracy_vs_size.png)" in page
     # rerunning replaces the block: same page, one block

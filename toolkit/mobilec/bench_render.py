@@ -45,8 +45,9 @@ _LATENCY_DEFAULTS = ("latency_ms_p50", "p50_ms", "wall_ms_p50")
 MAX_CELL = 120
 
 
-def order_columns(keys: Sequence[str]) -> list[str]:
-    """Identity keys, then quality metrics, size, latency/time, then everything else (first-seen order)."""
+def order_columns(keys: Sequence[str], text_keys: Sequence[str] = ()) -> list[str]:
+    """Identity keys, then quality metrics, size, latency/time, then everything else (first-seen order);
+    ``text_keys`` (columns holding words, not numbers) go with everything else."""
 
     def rank(item: tuple[int, str]) -> tuple[int, int]:
         i, k = item
@@ -54,6 +55,8 @@ def order_columns(keys: Sequence[str]) -> list[str]:
             return (0, IDENTITY.index(k))
         if k in ("status", "error"):
             return (5, i)
+        if k in text_keys:
+            return (4, i)
         for band, pattern in ((1, _QUALITY), (2, _SIZE), (3, _LATENCY)):
             if pattern.search(k):
                 return (band, i)
@@ -114,11 +117,18 @@ def plan_table(rows: list[dict[str, Any]], columns: Sequence[str] | None = None)
             values = [json.dumps(r.get(k), sort_keys=True) for r in rows]
             if len(set(values)) == 1 and all(k in r for r in rows) and k not in ("recipe", "accuracy"):
                 constant[k] = rows[0][k]
-    return Table(order_columns([k for k in shown if k not in constant]), constant, nested)
+    text = [k for k in shown if not _numeric(rows, k)]
+    return Table(order_columns([k for k in shown if k not in constant], text), constant, nested)
+
+
+def _numeric(rows: list[dict[str, Any]], key: str) -> bool:
+    values = [r.get(key) for r in rows if r.get(key) is not None]
+    return bool(values) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
 
 
 def render_table(rows: list[dict[str, Any]], table: Table) -> list[str]:
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "|".join("---" for _ in table.columns) + "|"]
+    align = ["---:" if _numeric(rows, c) else "---" for c in table.columns]  # numbers right-aligned
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "|".join(align) + "|"]
     for r in rows:
         lines.append("| " + " | ".join(fmt_cell(c, r.get(c)) for c in table.columns) + " |")
     return lines
@@ -187,8 +197,9 @@ def render_bench(result: dict[str, Any], name: str, out_dir: Path, *, metric: st
         table = plan_table(grows, columns)
         if len(groups) > 1:
             md += ["### " + ", ".join(f"{k} {v}" for k, v in zip(gkeys, key, strict=True)), ""]
-        if table.constant:
-            md += ["Every row: " + "; ".join(f"{k} = {fmt_cell(k, v)}" for k, v in table.constant.items()), ""]
+        said = {k: v for k, v in table.constant.items() if meta.get(k) != v}  # not what the header already says
+        if said:
+            md += ["Every row: " + "; ".join(f"{k} = {fmt_cell(k, v)}" for k, v in said.items()), ""]
         md += [*render_table(grows, table), ""]
         if table.nested:
             md += [f"Nested fields left to the JSON: {', '.join(table.nested)}.", ""]
