@@ -93,6 +93,8 @@ def export(
     """
     rec = Recipe.load(recipe)
     chosen_targets = parse_targets(targets, rec)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise MobilecError(f"seed must be an integer in [0, 2**32), got {seed!r}", hint="e.g. seed=0")
     model_spec = model or DEFAULT_MODEL
     if weights is not None and model is None:
         raise MobilecError("--weights needs --model", hint="name the model the weights belong to: --model file.py:factory")

@@ -122,7 +122,8 @@ def main() -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (default: mobilec-out/MODEL-RECIPE).")
 @click.option("--force", is_flag=True, help="Replace the files of an earlier run in --out.")
 @click.option("--allow-mismatch", is_flag=True, help="Keep artifacts that fail verification (flagged in the report).")
-@click.option("--seed", default=0, show_default=True, help="Seed for calibration sampling and training.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="Seed for calibration sampling and training.")
 @click.option("--no-profile", is_flag=True, help="Skip host profiling of the verified artifacts.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its last completed pass.")
 @_friendly

@@ -97,7 +97,10 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         text = str(exc)
         detail = text.split("WeightsUnpickler error:")[-1].strip().splitlines()[0] if "WeightsUnpickler error:" in text else ""
         msg = detail or (text.splitlines()[0] if text else type(exc).__name__)
-        if "Unsupported global" in text or "GLOBAL" in text:
+        code = _pickled_callables(path)
+        if code:
+            msg = "it names " + ", ".join(code[:3])
+        if "Unsupported global" in text or "GLOBAL" in text or code:
             raise MobilecError(
                 f"checkpoint {path} contains pickled Python objects, refused for safety ({msg[:160]})",
                 hint="save only tensors: torch.save(model.state_dict(), path)",
@@ -114,6 +117,27 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
             hint="save it with torch.save(model.state_dict(), path)",
         )
     return obj
+
+
+def _pickled_callables(path: Path, limit: int = 1 << 24) -> list[str]:
+    """Globals a plain pickle file would import (never executed: the opcodes are only listed)."""
+    import pickletools
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit)
+        names: list[str] = []
+        strings: list[str] = []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                strings.append(str(arg))
+            elif op.name == "GLOBAL":
+                names.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # not a pickle (a zip, garbage, truncated): nothing to report
+        return []
+    return [n for n in dict.fromkeys(names) if not n.startswith(("torch.", "collections.OrderedDict"))]
 
 
 def load_matching_state_dict(model: torch.nn.Module, path: Path) -> None:
