@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -96,3 +97,66 @@ def write_tiny_inputs(root: Path) -> dict[str, Path]:
 def export_args(inp: dict[str, Path], out: Path, *extra: str) -> list[str]:
     return ["export", "--recipe", str(inp["recipe"]), "--model", f"{inp['model']}:make", "--weights", str(inp["weights"]),
             "--data", "digits", "--out", str(out), "--no-profile", *extra]
+
+
+# -- shared by test_hardening_resume.py and test_hardening_disk.py ---------------------------------
+@pytest.fixture(scope="session")
+def tiny_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_tiny_inputs(tmp_path_factory.mktemp("tiny-run"))
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(tiny_inputs: dict[str, Path]) -> Path:
+    """The uninterrupted run every interrupted-and-resumed run must reproduce."""
+    from click.testing import CliRunner
+
+    from mobilec.cli import main
+
+    out = tiny_inputs["root"] / "reference"
+    result = CliRunner().invoke(main, export_args(tiny_inputs, out), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def assert_only_complete_files(out: Path, *, allow_hidden_parts: bool = False) -> None:
+    """Every file in the run folder is whole: it parses / loads in full."""
+    from mobilec import checkpoint
+    from mobilec.io import load_state_dict
+    from mobilec.runtimes import open_artifact
+
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        if path.name.endswith(".part"):
+            assert allow_hidden_parts and path.name.startswith("."), f"partial file left behind: {path}"
+            continue
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.parent.name == checkpoint.CHECKPOINT_DIR:
+            checkpoint.load_checkpoint(path)
+        elif path.suffix == ".pt":
+            load_state_dict(path)
+        elif path.suffix in (".onnx", ".pte", ".tflite"):
+            open_artifact(path)
+        elif path.suffix == ".md":
+            assert path.read_text().strip()
+
+
+def _untimed(obj: object) -> object:
+    """``obj`` without wall-clock measurements (seconds, images/s), which differ between any two runs."""
+    if isinstance(obj, dict):
+        return {k: _untimed(v) for k, v in obj.items() if "seconds" not in k and not k.endswith("_per_s")}
+    if isinstance(obj, list):
+        return [_untimed(v) for v in obj]
+    return obj
+
+
+def assert_same_result(out: Path, ref: Path) -> None:
+    from mobilec.io import load_state_dict
+
+    assert (out / "model.onnx").read_bytes() == (ref / "model.onnx").read_bytes()
+    a, b = load_state_dict(out / "compressed.pt"), load_state_dict(ref / "compressed.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ra, rb = (json.loads((p / "report.json").read_text()) for p in (out, ref))
+    assert ra["accuracy"] == rb["accuracy"]
+    assert [p["name"] for p in ra["passes"]] == [p["name"] for p in rb["passes"]]
+    assert [_untimed(p["summary"]) for p in ra["passes"]] == [_untimed(p["summary"]) for p in rb["passes"]]
+    assert ra["artifacts"][0]["verification"] == rb["artifacts"][0]["verification"]

@@ -18,68 +18,29 @@ from click.testing import CliRunner
 
 from mobilec import checkpoint
 from mobilec.cli import main
-from mobilec.io import load_state_dict
 
 try:
-    from tests.hardening_support import export_args, record, write_tiny_inputs
+    from tests.hardening_support import (
+        assert_only_complete_files,
+        assert_same_result,
+        export_args,
+        record,
+        tiny_inputs,
+        tiny_reference,
+    )
 except ModuleNotFoundError:  # tests/ is not a package
-    from hardening_support import export_args, record, write_tiny_inputs
+    from hardening_support import (
+        assert_only_complete_files,
+        assert_same_result,
+        export_args,
+        record,
+        tiny_inputs,
+        tiny_reference,
+    )
+
+__all__ = ["tiny_inputs", "tiny_reference"]  # session fixtures, shared with test_hardening_disk.py
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return write_tiny_inputs(tmp_path_factory.mktemp("resume"))
-
-
-@pytest.fixture(scope="module")
-def reference(inputs: dict[str, Path]) -> Path:
-    """The uninterrupted run every interrupted-and-resumed run must reproduce."""
-    out = inputs["root"] / "reference"
-    result = CliRunner().invoke(main, export_args(inputs, out), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return out
-
-
-def assert_only_complete_files(out: Path, *, allow_hidden_parts: bool = False) -> None:
-    """Every file in the run folder is whole: it parses / loads in full."""
-    from mobilec.runtimes import open_artifact
-
-    for path in sorted(p for p in out.rglob("*") if p.is_file()):
-        if path.name.endswith(".part"):
-            assert allow_hidden_parts and path.name.startswith("."), f"partial file left behind: {path}"
-            continue
-        if path.suffix == ".json":
-            json.loads(path.read_text())
-        elif path.parent.name == checkpoint.CHECKPOINT_DIR:
-            checkpoint.load_checkpoint(path)
-        elif path.suffix == ".pt":
-            load_state_dict(path)
-        elif path.suffix in (".onnx", ".pte", ".tflite"):
-            open_artifact(path)
-        elif path.suffix == ".md":
-            assert path.read_text().strip()
-
-
-def assert_same_result(out: Path, ref: Path) -> None:
-    assert (out / "model.onnx").read_bytes() == (ref / "model.onnx").read_bytes()
-    a, b = load_state_dict(out / "compressed.pt"), load_state_dict(ref / "compressed.pt")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    ra, rb = (json.loads((p / "report.json").read_text()) for p in (out, ref))
-    assert ra["accuracy"] == rb["accuracy"]
-    assert [p["name"] for p in ra["passes"]] == [p["name"] for p in rb["passes"]]
-    assert [_untimed(p["summary"]) for p in ra["passes"]] == [_untimed(p["summary"]) for p in rb["passes"]]
-    assert ra["artifacts"][0]["verification"] == rb["artifacts"][0]["verification"]
-
-
-def _untimed(obj: object) -> object:
-    """``obj`` without wall-clock measurements (seconds, images/s), which differ between any two runs."""
-    if isinstance(obj, dict):
-        return {k: _untimed(v) for k, v in obj.items() if "seconds" not in k and not k.endswith("_per_s")}
-    if isinstance(obj, list):
-        return [_untimed(v) for v in obj]
-    return obj
 
 
 class _Interrupt:
@@ -120,33 +81,33 @@ POINTS = ALL_POINTS if os.environ.get("MOBILEC_ALL_FAULT_POINTS") else QUICK_POI
 
 @pytest.mark.parametrize("kind, n", POINTS, ids=[f"{k}{n}" for k, n in POINTS])
 def test_interrupt_then_resume_gives_the_uninterrupted_result(
-    inputs: dict[str, Path], reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, n: int
+    tiny_inputs: dict[str, Path], tiny_reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, n: int
 ) -> None:
     out = tmp_path / "run"
     with monkeypatch.context() as m:
         _Interrupt(m, commit=n if kind == "commit" else None, finetune_call=n if kind == "finetune" else None)
-        result = CliRunner().invoke(main, export_args(inputs, out))
+        result = CliRunner().invoke(main, export_args(tiny_inputs, out))
     record("signal/interrupt injections")
     assert result.exit_code == 130, result.output
     assert "interrupted" in result.output and "Traceback" not in result.output
     assert_only_complete_files(out)
     done = sorted(p.name for p in (out / checkpoint.CHECKPOINT_DIR).glob("*.pt")) if out.exists() else []
 
-    resumed = CliRunner().invoke(main, export_args(inputs, out, "--resume"), catch_exceptions=False)
+    resumed = CliRunner().invoke(main, export_args(tiny_inputs, out, "--resume"), catch_exceptions=False)
     assert resumed.exit_code == 0, resumed.output
-    assert_same_result(out, reference)
+    assert_same_result(out, tiny_reference)
     notes = json.loads((out / "report.json").read_text())["notes"]
     if done:
         assert f"resumed after pass {len(done)} ({done[-1].split('-', 2)[2][:-3]}) from its checkpoint" in notes
     assert_only_complete_files(out)
 
 
-def test_resume_refuses_checkpoints_of_another_run(inputs: dict[str, Path], reference: Path, tmp_path: Path) -> None:
+def test_resume_refuses_checkpoints_of_another_run(tiny_inputs: dict[str, Path], tiny_reference: Path, tmp_path: Path) -> None:
     import shutil
 
     out = tmp_path / "run"
-    shutil.copytree(reference, out)
-    result = CliRunner().invoke(main, export_args(inputs, out, "--resume", "--seed", "1"))
+    shutil.copytree(tiny_reference, out)
+    result = CliRunner().invoke(main, export_args(tiny_inputs, out, "--resume", "--seed", "1"))
     assert result.exit_code == 2, result.output
     assert "belongs to a run with another recipe, model, weights, data or seed" in result.output
     assert len(result.output.strip().splitlines()) == 1
@@ -173,11 +134,11 @@ def test_tampered_checkpoint_is_refused_without_running_code(tmp_path: Path) -> 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
-def test_real_signal_then_resume(inputs: dict[str, Path], reference: Path, tmp_path: Path, sig: signal.Signals) -> None:
+def test_real_signal_then_resume(tiny_inputs: dict[str, Path], tiny_reference: Path, tmp_path: Path, sig: signal.Signals) -> None:
     """A real `mobilec export` process signalled right after its first pass checkpoint."""
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO / "toolkit")}
-    proc = subprocess.Popen([sys.executable, "-m", "mobilec.cli", *export_args(inputs, out)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "mobilec.cli", *export_args(tiny_inputs, out)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first = checkpoint.checkpoint_path(out, 0, "finetune")
     deadline = time.monotonic() + 240
@@ -191,7 +152,7 @@ def test_real_signal_then_resume(inputs: dict[str, Path], reference: Path, tmp_p
         assert "interrupted" in output and "Traceback" not in output
     assert_only_complete_files(out, allow_hidden_parts=sig == signal.SIGKILL)  # SIGKILL cannot clean up
 
-    resumed = CliRunner().invoke(main, export_args(inputs, out, "--resume"), catch_exceptions=False)
+    resumed = CliRunner().invoke(main, export_args(tiny_inputs, out, "--resume"), catch_exceptions=False)
     assert resumed.exit_code == 0, resumed.output
-    assert_same_result(out, reference)
+    assert_same_result(out, tiny_reference)
     assert_only_complete_files(out)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from mobilec.errors import MobilecError
+from mobilec.errors import DiskWriteError, MobilecError
 from mobilec.recipe import TARGETS, Recipe
 
 DEFAULT_MODEL = "mobilenet_v2"
@@ -116,13 +116,13 @@ def export(
     out_dir = Path(out) if out is not None else Path("mobilec-out") / f"{_slug(model_spec)}-{rec.name}"
     dataset = load_dataset(data or DEFAULT_DATA)
     torch_model, info = load_model(model_spec, weights=Path(weights) if weights else None, data=dataset)
-    out_dir = prepare_out_dir(out_dir, force=force or resume)
     from mobilec import checkpoint
 
+    checkpoint.require_free_space(out_dir, checkpoint.estimated_run_bytes(torch_model, len(chosen_targets), len(rec.passes)))
+    out_dir = prepare_out_dir(out_dir, force=force or resume)
     checkpoint.remove_stale_parts(out_dir)  # temporaries of a killed run
     if not resume:
         checkpoint.clear_checkpoints(out_dir)
-    checkpoint.require_free_space(out_dir, checkpoint.estimated_run_bytes(torch_model, len(chosen_targets), len(rec.passes)))
     run_fp = checkpoint.fingerprint(rec.to_dict(), model_spec, Path(weights) if weights else None, data or DEFAULT_DATA, seed)
 
     torch.manual_seed(seed)
@@ -237,6 +237,8 @@ def _export_one(
                 plan = ctx.quant_plan
                 calibration = ctx.data.calibration_batches(plan.calibration_batches, plan.batch_size, plan.seed)
             artifact = get_exporter(target).export(model, ctx.example_inputs, path, quant=ctx.quant_plan, calibration=calibration)
+    except DiskWriteError:
+        raise  # a full or read-only disk stops the run; it is not this target's failure
     except MobilecError as exc:
         ctx.report.failures.append({"target": target, "error": str(exc)})
         return None, False

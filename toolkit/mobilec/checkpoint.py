@@ -80,7 +80,10 @@ def clear_checkpoints(out_dir: Path) -> None:
 
 def require_free_space(out_dir: Path, need_bytes: int) -> None:
     """Fail before any long work when the run folder's disk cannot hold the run's files."""
-    free = shutil.disk_usage(out_dir).free
+    existing = Path(out_dir)
+    while not existing.exists() and existing != existing.parent:  # the folder may not exist yet
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
     if free < need_bytes:
         raise MobilecError(
             f"output folder {out_dir} has {free / 2**20:.1f} MiB free, the run needs about {need_bytes / 2**20:.1f} MiB",

@@ -21,5 +21,9 @@ class VerificationError(MobilecError):
     """An exported artifact disagrees with the eager model beyond the recipe's tolerance."""
 
 
+class DiskWriteError(MobilecError):
+    """A file could not be written (disk full, read-only or unwritable folder); nothing half-written is left."""
+
+
 class ExportError(MobilecError):
     """A target runtime could not take the model."""

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 import torch
 
-from mobilec.errors import MobilecError
+from mobilec.errors import DiskWriteError, MobilecError
 
 
 @contextlib.contextmanager
@@ -41,19 +42,26 @@ def atomic_path(final: Path) -> Iterator[Path]:
         if exc.errno in _WRITE_ERRNOS:
             raise _write_error(final, exc) from None
         raise
+    except RuntimeError as exc:  # torch.save reports a failed write (e.g. ENOSPC) as a RuntimeError
+        if _TORCH_WRITE_FAILURE.search(str(exc)):
+            raise DiskWriteError(f"cannot write {final}: the write failed ({str(exc).splitlines()[0][:120]}); "
+                                 "the disk is probably full (nothing was left half-written)",
+                                 hint="free disk space and rerun (--resume continues after the last completed pass)") from None
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
+_TORCH_WRITE_FAILURE = re.compile(r"inline_container|PytorchStreamWriter|file write failed|unexpected pos")
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG}
 
 
-def _write_error(final: Path, exc: OSError) -> MobilecError:
+def _write_error(final: Path, exc: OSError) -> DiskWriteError:
     reason = exc.strerror or os.strerror(exc.errno or 0) or type(exc).__name__
     hint = "free disk space and rerun (--resume continues after the last completed pass)" \
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "choose a writable --out"
-    return MobilecError(f"cannot write {final}: {reason} (nothing was left half-written)", hint=hint)
+    return DiskWriteError(f"cannot write {final}: {reason} (nothing was left half-written)", hint=hint)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
