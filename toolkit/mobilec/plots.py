@@ -128,9 +128,10 @@ def bits_figure(series: dict[str, list[Any]], title: str) -> Any:
     _layer_axis(ax, names)
     ax.set_yticks([1, 2, 4, 8, 16, 32])
     ax.set_ylabel("bits per weight")
-    ax.set_title(title, fontsize=9, loc="left")
+    ax.set_ylim(0, 40)  # headroom: the legend sits above the tallest (32-bit) bars
+    ax.set_title(title, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=3, loc="lower right", bbox_to_anchor=(1.0, 1.0), frameon=False)  # above the bars
+    ax.legend(fontsize=7, ncol=3, loc="upper center")
     fig.tight_layout()
     return fig
 
@@ -188,18 +189,15 @@ def latency_figure(entries: list[tuple[str, dict[str, Any]]]) -> Any:
     for ax, (label, s) in zip(axes[:, 0], entries, strict=True):
         reps = s["repetitions"]
         ax.hist(reps, bins=30, stacked=True, label=[f"repetition {i + 1}" for i in range(len(reps))])
-        for key, style in (("p10", ":"), ("p50", "-"), ("p90", ":")):
+        for key, style, color in (("p10", ":", "black"), ("p50", "-", "black"), ("p90", "--", "dimgray")):
             if s[key] is not None:
-                ax.axvline(s[key], color="black", ls=style, lw=1, gid=key)
-                ax.annotate(f"{key} {s[key]:.3g}", (s[key], 1.0), xycoords=("data", "axes fraction"), xytext=(2, -10),
-                            textcoords="offset points", fontsize=7)
+                ax.axvline(s[key], color=color, ls=style, lw=1.2, gid=key, label=f"{key} {s[key]:.3g} ms")
         n = sum(map(len, reps))
         kind = "runs" if s["samples_kind"] == "per_run" else "per-repetition means"
         ax.set_title(f"{label}: {n} {kind}", fontsize=9)
         ax.set_xlabel("latency (ms)")
         ax.set_ylabel("count")
-        if len(reps) > 1:
-            ax.legend(fontsize=6, loc="upper right", ncol=2)
+        ax.legend(fontsize=6, loc="upper right", ncol=2)
     fig.tight_layout()
     return fig
 
