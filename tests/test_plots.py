@@ -31,13 +31,14 @@ LAYERS = [
     {"name": "fc", "kind": "linear", "params": 320, "info_bits": 32.0, "stored": "fp32", "executed": "unknown",
      "stored_bytes": 1320, "packed_bytes": 1280},
 ]
-TUCKER = [
-    {"name": "c1", "kind": "conv2d", "decomposed": False, "ranks": None, "full_ranks": None, "macs_before": 1000,
-     "macs_after": 1000, "reason": "first conv"},
-    {"name": "c2", "kind": "conv2d", "decomposed": True, "ranks": [5, 7], "full_ranks": [16, 32], "macs_before": 90000,
-     "macs_after": 20000},
-    {"name": "fc", "kind": "linear", "decomposed": True, "ranks": [4], "full_ranks": [10], "macs_before": 320,
-     "macs_after": 168},
+_T = {"raw_ranks": None, "rank_source": "vbmf", "rel_error": 0.5, "reason": None, "compression": 2.0}
+TUCKER = [  # records as passes/tucker.py writes them
+    {**_T, "name": "c1", "kind": "conv2d", "shape": [16, 1, 3, 3], "decomposed": False, "ranks": None, "full_ranks": None,
+     "params_before": 144, "params_after": 144, "macs_before": 1000, "macs_after": 1000, "rel_error": 0.0, "reason": "first conv"},
+    {**_T, "name": "c2", "kind": "conv2d", "shape": [32, 16, 3, 3], "decomposed": True, "ranks": [5, 7], "full_ranks": [16, 32],
+     "params_before": 4608, "params_after": 619, "macs_before": 90000, "macs_after": 20000},
+    {**_T, "name": "fc", "kind": "linear", "shape": [10, 32], "decomposed": True, "ranks": [4], "full_ranks": [10],
+     "params_before": 320, "params_after": 168, "macs_before": 320, "macs_after": 168},
 ]
 
 
@@ -120,6 +121,7 @@ def test_run_plots_are_written_and_linked_from_report_md(tmp_path: Path) -> None
     # each plot sits in its section: bits after the layer table, latency after the profiling table
     assert md.index("### Layers in `model.tflite`") < md.index("(bits_tflite.png)") < md.index("## Profiling")
     assert md.index("## Profiling") < md.index("(latency_hist.png)")
+    assert md.index("### tucker: per layer") < md.index("(tucker_ranks_macs.png)") < md.index("## Artifacts")
     assert json.loads((tmp_path / "report.json").read_text())["plots"] == rep.plots
 
 

@@ -147,10 +147,8 @@ def render_markdown(rep: dict[str, Any]) -> str:
             summ = ", ".join(f"{k}={_fmt(v)}" for k, v in p["summary"].items() if not isinstance(v, list | dict))
             lines.append(f"| {p['name']} | {p['seconds']:.1f} | {summ} |")
         lines.append("")
-        for p in rep["passes"]:
-            lines += _pass_detail_lines(p)
-        for i in range(len(rep["passes"])):
-            lines += _plot_lines(rep, f"pass:{i}")
+        for i, p in enumerate(rep["passes"]):  # each pass's detail table, then its plots
+            lines += _pass_detail_lines(p) + _plot_lines(rep, f"pass:{i}")
     if rep["artifacts"]:
         lines += [
             "## Artifacts",
