@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +114,34 @@ def test_cli_and_module_entry_points(tmp_path: Path) -> None:
     assert mixed.exit_code == 2 and "--metric only apply with --bench" in mixed.output
     (tmp_path / "rows.json").write_text(json.dumps({"rows": []}))
     assert main([str(tmp_path / "rows.json")]) == 2
+
+
+def test_check_tells_a_stale_page_from_a_current_one(tmp_path: Path) -> None:
+    path = _write(tmp_path, ROWS)
+    with pytest.raises(MobilecError, match="has no rendered block"):
+        render_file(path, check=True)
+    render_file(path)
+    before = (tmp_path / "demo.md").read_text()
+    assert render_file(path, check=True) == [tmp_path / "demo.md"]
+    path.write_text(json.dumps({"rows": [{**ROWS[0], "accuracy": 0.5}]}))  # the JSON moved on, the page did not
+    with pytest.raises(MobilecError, match="out of date with the JSON"):
+        render_file(path, check=True)
+    assert (tmp_path / "demo.md").read_text() == before  # --check writes nothing
+    result = CliRunner().invoke(cli, ["compare", "--bench", str(path), "--check"])
+    assert result.exit_code == 2 and "out of date" in result.output
+
+
+REPO = Path(__file__).resolve().parents[1]
+PAGES = sorted(p for p in (REPO / "bench" / "results").glob("*.md") if BEGIN in p.read_text())
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
+def test_committed_bench_pages_agree_with_their_json(page: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page's rendered block is what its own 'Regenerate:' command makes of the JSON today."""
+    cmd = re.search(r"Regenerate: `([^`]+)`", page.read_text().split(BEGIN, 1)[1])
+    assert cmd, f"{page.name}: the rendered block names no Regenerate command"
+    argv = shlex.split(cmd.group(1))
+    assert argv[:3] == ["mobilec", "compare", "--bench"]
+    monkeypatch.chdir(REPO)
+    result = CliRunner().invoke(cli, [*argv[1:], "--check"])
+    assert result.exit_code == 0, result.output

@@ -22,6 +22,7 @@ import json
 import re
 import shlex
 import sys
+import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -246,8 +247,12 @@ def splice(page: str, block: str) -> str:
     return page.rstrip("\n") + "\n\n" + block + "\n"
 
 
-def render_file(json_path: Path, *, out: Path | None = None, command: str = "", **options: Any) -> list[Path]:
-    """Render ``json_path`` into the marked block of NAME.md beside it (or in ``out``); returns the files written."""
+def render_file(json_path: Path, *, out: Path | None = None, command: str = "", check: bool = False,
+                **options: Any) -> list[Path]:
+    """Render ``json_path`` into the marked block of NAME.md beside it (or in ``out``); returns the files written.
+
+    ``check``: write nothing; raise if NAME.md's block differs from what the JSON renders to (plots not compared).
+    """
     json_path = Path(json_path)
     if not json_path.is_file():
         raise MobilecError(f"{json_path} does not exist", hint="give a bench/results/*.json file")
@@ -259,9 +264,17 @@ def render_file(json_path: Path, *, out: Path | None = None, command: str = "", 
         raise MobilecError(f"{json_path} holds a {type(result).__name__}, not an object with 'rows'", hint="give a bench JSON")
     name = json_path.stem
     out_dir = Path(out) if out is not None else json_path.parent
+    md_path = out_dir / f"{name}.md"
+    if check:
+        with tempfile.TemporaryDirectory() as tmp:
+            block = "\n".join(render_bench(result, name, Path(tmp), command=command, **options).markdown)
+        page = md_path.read_text() if md_path.is_file() else ""
+        if BEGIN not in page or splice(page, block) != page:
+            why = "has no rendered block" if BEGIN not in page else "is out of date with the JSON"
+            raise MobilecError(f"{md_path} {why}", hint=f"run: {command or 'mobilec compare --bench ' + str(json_path)}")
+        return [md_path]
     out_dir.mkdir(parents=True, exist_ok=True)
     rendered = render_bench(result, name, out_dir, command=command, **options)
-    md_path = out_dir / f"{name}.md"
     block = "\n".join(rendered.markdown)
     # an existing page keeps its prose: only the marked block is replaced (appended the first time)
     page = splice(md_path.read_text(), block) if md_path.is_file() else f"# Benchmark `{name}`\n\n{block}\n"
@@ -296,11 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-key", default=None)
     ap.add_argument("--group-by", default=None, help="comma-separated row keys (default model,data,device; '' = one group)")
     ap.add_argument("--columns", default=None, help="comma-separated columns (default: every key present)")
+    ap.add_argument("--check", action="store_true", help="write nothing; exit 2 if NAME.md's block is out of date")
     args = ap.parse_args(argv)
     try:
         for path in args.json:
             for f in render_bench_cli(path, out=args.out, metric=args.metric, size_key=args.size_key,
-                                      latency_key=args.latency_key, group_by=args.group_by, columns=args.columns):
+                                      latency_key=args.latency_key, group_by=args.group_by, columns=args.columns,
+                                      check=args.check):
                 print(f)
     except MobilecError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -309,11 +324,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render_bench_cli(path: Path, *, out: Path | None, metric: str | None, size_key: str | None, latency_key: str | None,
-                     group_by: str | None, columns: str | None) -> list[Path]:
+                     group_by: str | None, columns: str | None, check: bool = False) -> list[Path]:
     """The shared entry of ``mobilec compare --bench`` and ``python -m mobilec.bench_render``."""
     options = {"metric": metric, "size_key": size_key, "latency_key": latency_key, "group_by": split_list(group_by),
                "columns": split_list(columns)}
-    return render_file(path, out=out, command=regenerate_command(path, options, out), **options)
+    return render_file(path, out=out, command=regenerate_command(path, options, out), check=check, **options)
 
 
 if __name__ == "__main__":

@@ -239,9 +239,10 @@ def profile(
 @click.option("--latency-key", default=None, help="--bench: the latency column (default: latency_ms_p50 if present).")
 @click.option("--group-by", default=None, help="--bench: row keys that split tables/plots (default model,data,device; '' = none).")
 @click.option("--columns", default=None, help="--bench: comma-separated table columns (default: every key present).")
+@click.option("--check", is_flag=True, help="--bench: write nothing; fail if NAME.md's rendered block is out of date.")
 @_friendly
 def compare(runs: tuple[Path, ...], out: Path | None, benches: tuple[Path, ...], metric: str | None, size_key: str | None,
-            latency_key: str | None, group_by: str | None, columns: str | None) -> None:
+            latency_key: str | None, group_by: str | None, columns: str | None, check: bool) -> None:
     """Compare runs (folders with report.json): a table and accuracy-vs-size/latency Pareto plots.
 
     With --bench, regenerate a benchmark page's table and plots from its JSON instead."""
@@ -252,11 +253,11 @@ def compare(runs: tuple[Path, ...], out: Path | None, benches: tuple[Path, ...],
 
         for bench in benches:
             for path in render_bench_cli(bench, out=out, metric=metric, size_key=size_key, latency_key=latency_key,
-                                         group_by=group_by, columns=columns):
-                click.echo(str(path))
+                                         group_by=group_by, columns=columns, check=check):
+                click.echo(f"{path} is up to date" if check else str(path))
         return
     given = [o for o, v in (("--metric", metric), ("--size-key", size_key), ("--latency-key", latency_key),
-                            ("--group-by", group_by), ("--columns", columns)) if v is not None]
+                            ("--group-by", group_by), ("--columns", columns), ("--check", check or None)) if v is not None]
     if given:
         raise MobilecError(f"{', '.join(given)} only apply with --bench", hint="drop them, or add --bench bench/results/NAME.json")
     if not runs:
