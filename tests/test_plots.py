@@ -154,3 +154,9 @@ def test_report_without_plot_data_has_no_plots(tmp_path: Path) -> None:
     rep.write(tmp_path)
     assert rep.plots == [] and not list(tmp_path.glob("*.png"))
     assert "![" not in render_markdown(rep.to_dict())
+
+
+def test_two_passes_of_one_kind_get_a_plot_each(tmp_path: Path) -> None:
+    rep = {"passes": [{"name": "tucker", "summary": {"layers": TUCKER}}, {"name": "tucker", "summary": {"layers": TUCKER[1:]}}]}
+    recs = render_run_plots(rep, tmp_path)
+    assert [(r["section"], r["file"]) for r in recs] == [("pass:0", "tucker_0_ranks_macs.png"), ("pass:1", "tucker_1_ranks_macs.png")]

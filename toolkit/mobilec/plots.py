@@ -241,7 +241,7 @@ def render_run_plots(rep: dict[str, Any], folder: Path) -> list[dict[str, Any]]:
                      lambda p=p, summ=summ: _aiwq_plot(p["name"], summ, folder))
         if _is_tucker(summ):
             _attempt(records, f"pass:{i}", f"Tucker ranks and MACs per layer ({p['name']})",
-                     folder / f"{_slug(p['name'])}_ranks_macs.png",
+                     folder / f"{_slug(p['name'])}{_nth(rep, i)}_ranks_macs.png",
                      lambda p=p, summ=summ: tucker_figure(tucker_series(summ["layers"]),
                                                           f"{p['name']}: MACs (top) and ranks (bottom) per layer"))
     profiles = [p for p in rep.get("profiles", []) if p.get("repetitions") or p.get("latency_ms", {}).get("samples")]
@@ -250,6 +250,12 @@ def render_run_plots(rep: dict[str, Any], folder: Path) -> list[dict[str, Any]]:
                  lambda: latency_figure([(f"{Path(p['artifact']).name} ({p.get('runtime', '?')} on {p.get('device', '?')})",
                                           latency_series(p)) for p in profiles]))
     return [r.to_dict() for r in records]
+
+
+def _nth(rep: dict[str, Any], i: int) -> str:
+    """'' for a pass whose name is unique in the run, else '_<index>' so that plots do not overwrite each other."""
+    names = [p.get("name") for p in rep.get("passes", [])]
+    return "" if names.count(names[i]) == 1 else f"_{i}"
 
 
 def _is_tucker(summ: dict[str, Any]) -> bool:
