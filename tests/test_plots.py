@@ -160,3 +160,13 @@ def test_two_passes_of_one_kind_get_a_plot_each(tmp_path: Path) -> None:
     rep = {"passes": [{"name": "tucker", "summary": {"layers": TUCKER}}, {"name": "tucker", "summary": {"layers": TUCKER[1:]}}]}
     recs = render_run_plots(rep, tmp_path)
     assert [(r["section"], r["file"]) for r in recs] == [("pass:0", "tucker_0_ranks_macs.png"), ("pass:1", "tucker_1_ranks_macs.png")]
+
+
+def test_plots_of_an_earlier_run_in_the_folder_are_removed(tmp_path: Path) -> None:
+    _report(tmp_path, LAYERS).write(tmp_path)
+    assert (tmp_path / "tucker_ranks_macs.png").is_file()
+    (tmp_path / "mine.png").write_bytes(b"x")  # not a plot mobilec recorded: left alone
+    again = RunReport(recipe="r", model={"name": "m"}, data={"name": "d"})  # --force: a run with no Tucker pass
+    again.profiles.append(_profile([[1.0, 2.0]]))
+    again.write(tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["latency_hist.png", "mine.png"]

@@ -249,7 +249,22 @@ def render_run_plots(rep: dict[str, Any], folder: Path) -> list[dict[str, Any]]:
         _attempt(records, "profiling", "latency histograms", folder / "latency_hist.png",
                  lambda: latency_figure([(f"{Path(p['artifact']).name} ({p.get('runtime', '?')} on {p.get('device', '?')})",
                                           latency_series(p)) for p in profiles]))
+    _remove_stale(folder, {r.file for r in records if r.file})
     return [r.to_dict() for r in records]
+
+
+def _remove_stale(folder: Path, kept: set[str]) -> None:
+    """Plots an earlier run in this folder (``--force``) drew and this one did not: they would mislead."""
+    import json
+
+    try:
+        old = json.loads((folder / "report.json").read_text()).get("plots") or []
+    except (OSError, ValueError, AttributeError):
+        return
+    for rec in old:
+        name = rec.get("file") if isinstance(rec, dict) else None
+        if name and name not in kept and Path(name).name == name and name.endswith(".png"):
+            (folder / name).unlink(missing_ok=True)
 
 
 def _nth(rep: dict[str, Any], i: int) -> str:
