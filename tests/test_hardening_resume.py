@@ -156,3 +156,45 @@ def test_real_signal_then_resume(tiny_inputs: dict[str, Path], tiny_reference: P
     assert resumed.exit_code == 0, resumed.output
     assert_same_result(out, tiny_reference)
     assert_only_complete_files(out)
+
+
+def test_checkpoint_round_trip_restores_context_and_custom_classes(tmp_path: Path) -> None:
+    """What the DuQ/PROFIT (a function) and binary (a dataclass) passes leave in the context survives a checkpoint,
+    and a model class from the user's --model file loads back without allowing anything else."""
+    import types
+
+    from mobilec.passes.binary_export import BinaryLowering
+    from mobilec.passes.quant.lowering import lower_duq
+    from mobilec.quant import QuantPlan
+    from mobilec.report import RunReport
+
+    user = types.ModuleType("mobilec_user_model_test0001")  # how models.loader names a --model file
+    exec("from torch import nn\nclass Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+         "        self.fc = nn.Linear(3, 2)\n    def forward(self, x):\n        return self.fc(x)\n", user.__dict__)
+    user.Net.__module__ = user.__name__
+    sys.modules[user.__name__] = user
+    try:
+        model = user.Net()
+        report = RunReport(recipe="r", model={}, data={})
+        report.add_pass("duq", {"type": "duq"}, 1.0, acc=0.5)
+        calib = (torch.randn(2, 3),)
+        for lowering in (lower_duq, BinaryLowering(calibration=calib)):
+            ctx = types.SimpleNamespace(quant_plan=QuantPlan(seed=3), lowering=lowering, extras={"duq": {"bits": [3, 4]}},
+                                        report=report)
+            assert checkpoint.save(tmp_path, ctx, 0, "duq", model, "fp") is None
+            done = checkpoint.load_completed(tmp_path, ["duq", "ptq"], "fp")
+            assert done is not None and done.index == 0 and type(done.model) is user.Net
+            assert torch.equal(done.model.fc.weight, model.fc.weight)
+            assert done.quant_plan == QuantPlan(seed=3) and done.extras == {"duq": {"bits": [3, 4]}}
+            assert done.passes[0].summary == {"acc": 0.5}
+            if lowering is lower_duq:
+                assert done.lowering is lower_duq
+            else:
+                assert isinstance(done.lowering, BinaryLowering) and torch.equal(done.lowering.calibration[0], calib[0])
+            record("checkpoint round trips")
+    finally:
+        sys.modules.pop(user.__name__, None)
+    from mobilec.errors import MobilecError
+
+    with pytest.raises(MobilecError, match=r"references mobilec_user_model_test0001\.Net, refused"):
+        checkpoint.load_checkpoint(checkpoint.checkpoint_path(tmp_path, 0, "duq"))  # its module is not loaded now
