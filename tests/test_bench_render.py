@@ -11,7 +11,17 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from mobilec.bench_render import BEGIN, END, main, order_columns, plan_table, point_labeller, render_file
+from mobilec.bench_render import (
+    BEGIN,
+    END,
+    float_style,
+    fmt_cell,
+    main,
+    order_columns,
+    plan_table,
+    point_labeller,
+    render_file,
+)
 from mobilec.cli import main as cli
 from mobilec.compare import pareto_front, tradeoff_figure, tradeoff_points
 from mobilec.errors import MobilecError
@@ -45,6 +55,14 @@ def test_columns_follow_the_rows_in_a_sensible_order() -> None:
     assert table.nested == ["verification"]
 
 
+def test_one_number_format_per_column() -> None:
+    assert [float_style(v) for v in ([0.91, 1.0, None], [100.0, 32.0], [[1.0, 4.0], [32.0]], [0.5, 2.25], ["a"])] == [
+        "fraction", "whole", "whole", "mixed", "mixed"]
+    assert fmt_cell("accuracy", 1.0, "fraction") == "1.0000" and fmt_cell("s", 100.0, "whole") == "100"
+    assert fmt_cell("bits", [1.0, 4.0], "whole") == "1, 4" and fmt_cell("ms", 2.25) == "2.250"
+    assert fmt_cell("n", 1234567) == "1,234,567" and fmt_cell("ok", True) == "yes" and fmt_cell("x", None) == "-"
+
+
 def test_page_table_holds_every_row_and_keeps_the_prose(tmp_path: Path) -> None:
     path = _write(tmp_path, [{**r, "command": "python bench/demo.py"} for r in ROWS])  # the header says it already
     (tmp_path / "demo.md").write_text("# Demo bench\n\nProse the bench script wrote.\n")
@@ -52,7 +70,7 @@ def test_page_table_holds_every_row_and_keeps_the_prose(tmp_path: Path) -> None:
     page = (tmp_path / "demo.md").read_text()
     assert page.startswith("# Demo bench\n\nProse the bench script wrote.\n")
     assert "| recipe | target | accuracy | size_bytes | latency_ms_p50 | status |\n|---|---|---:|---:|---:|---|" in page
-    assert "| int8 | executorch | 0.9000 | 1,048,576 | 1.000 | verified |" in page
+    assert "| int8 | executorch | 0.9000 | 1,048,576 | 1 | verified |" in page
     assert "| broken | tflite | - | - | - | failed: the converter \\| crashed |" in page  # a | inside a cell is escaped
     assert "Every row: model = m; machine = AMD EPYC\n" in page  # not the command again: the header says it
     assert "- command: python bench/demo.py" in page and "Regenerate: `mobilec compare --bench demo.json`" in page

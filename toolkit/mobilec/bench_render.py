@@ -75,19 +75,33 @@ def _is_cell(v: Any) -> bool:
     return _is_scalar(v) or (isinstance(v, list) and all(_is_scalar(x) for x in v))
 
 
-def fmt_cell(key: str, v: Any) -> str:
+def float_style(values: list[Any]) -> str:
+    """How a column writes its floats: ``fraction`` (all within [-1, 1]: 4 decimals), ``whole`` (all
+    integral: no decimals), else ``mixed`` (by magnitude)."""
+    flat = [x for v in values for x in (v if isinstance(v, list) else [v])]
+    floats = [x for x in flat if isinstance(x, float) and x == x]
+    if floats and all(abs(x) <= 1 for x in floats):
+        return "fraction"
+    if floats and all(x.is_integer() for x in floats):
+        return "whole"
+    return "mixed"
+
+
+def fmt_cell(key: str, v: Any, style: str = "mixed") -> str:
     if v is None:
         return "-"
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, list):
-        return ", ".join(fmt_cell(key, x) for x in v) or "-"
+        return ", ".join(fmt_cell(key, x, style) for x in v) or "-"
     if isinstance(v, int):
         return f"{v:,}"
     if isinstance(v, float):
         if v != v:  # NaN
             return "nan"
-        if abs(v) >= 1000:
+        if style == "fraction":
+            return f"{v:.4f}"
+        if style == "whole" or abs(v) >= 1000:
             return f"{v:,.0f}"
         return f"{v:.4f}" if abs(v) < 1 else f"{v:.3f}"
     text = str(v).replace("|", "\\|").replace("\n", " ")
@@ -130,8 +144,9 @@ def _numeric(rows: list[dict[str, Any]], key: str) -> bool:
 def render_table(rows: list[dict[str, Any]], table: Table) -> list[str]:
     align = ["---:" if _numeric(rows, c) else "---" for c in table.columns]  # numbers right-aligned
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "|".join(align) + "|"]
+    styles = {c: float_style([r.get(c) for r in rows]) for c in table.columns}  # one number format per column
     for r in rows:
-        lines.append("| " + " | ".join(fmt_cell(c, r.get(c)) for c in table.columns) + " |")
+        lines.append("| " + " | ".join(fmt_cell(c, r.get(c), styles[c]) for c in table.columns) + " |")
     return lines
 
 
