@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -176,7 +177,7 @@ def test_checkpoint_round_trip_restores_context_and_custom_classes(tmp_path: Pat
     try:
         model = user.Net()
         report = RunReport(recipe="r", model={}, data={})
-        report.add_pass("duq", {"type": "duq"}, 1.0, acc=0.5)
+        report.add_pass("duq", {"type": "duq"}, 1.0, acc=0.5, mse=np.float32(0.25), bits=np.array([3, 4]))
         calib = (torch.randn(2, 3),)
         for lowering in (lower_duq, BinaryLowering(calibration=calib)):
             ctx = types.SimpleNamespace(quant_plan=QuantPlan(seed=3), lowering=lowering, extras={"duq": {"bits": [3, 4]}},
@@ -186,7 +187,8 @@ def test_checkpoint_round_trip_restores_context_and_custom_classes(tmp_path: Pat
             assert done is not None and done.index == 0 and type(done.model) is user.Net
             assert torch.equal(done.model.fc.weight, model.fc.weight)
             assert done.quant_plan == QuantPlan(seed=3) and done.extras == {"duq": {"bits": [3, 4]}}
-            assert done.passes[0].summary == {"acc": 0.5}
+            summary = done.passes[0].summary
+            assert summary["acc"] == 0.5 and summary["mse"] == np.float32(0.25) and summary["bits"].tolist() == [3, 4]
             if lowering is lower_duq:
                 assert done.lowering is lower_duq
             else:

@@ -35,6 +35,9 @@ from mobilec.io import atomic_path
 
 CHECKPOINT_DIR = "checkpoints"
 _USER_MODULE_PREFIX = "mobilec_user_model_"  # models.loader imports --model FILE.py under this name
+# numpy scalars/arrays in pass summaries and extras (what torch's docs allow for them)
+_NUMPY_GLOBALS = {f"numpy.{m}multiarray.{n}" for m in ("core.", "_core.") for n in ("_reconstruct", "scalar")} | {
+    "numpy.ndarray", "numpy.dtype"}
 
 
 @dataclass
@@ -190,6 +193,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise MobilecError(f"pass checkpoint {path} cannot be read: {type(exc).__name__}: {str(exc)[:160]}",
                            hint="it is truncated or not a mobilec checkpoint; start over with --force") from None
     allowed = [_trusted_global(n, path) for n in names]
+    if any(n.startswith("numpy.") for n in names):  # numpy dtype instances are rebuilt from these classes
+        allowed += [t for t in vars(np.dtypes).values() if isinstance(t, type)]
     try:
         with torch.serialization.safe_globals(allowed):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -207,6 +212,15 @@ def _trusted_global(qualified: str, path: Path) -> Any:
     top = module_name.split(".")[0]
     refuse = MobilecError(f"pass checkpoint {path} references {qualified}, refused for safety",
                           hint="only model classes may appear in a checkpoint; start over with --force")
+    if qualified in _NUMPY_GLOBALS:
+        obj = np
+        for part in qualified.split(".")[1:]:
+            obj = getattr(obj, part, None)
+        if obj is None:
+            raise refuse
+        return obj
+    if module_name == "numpy.dtypes" and isinstance(getattr(np.dtypes, attr, None), type):
+        return getattr(np.dtypes, attr)
     if top in ("torch", "mobilec"):
         try:
             module = importlib.import_module(module_name)
