@@ -81,7 +81,8 @@ def main() -> None:
                 }
             )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(RESULTS / "spine.json", rows)
+    doc = {"benchmark": "spine", "machine": machine_description(), "command": command, "rows": rows}
+    write_json_atomic(RESULTS / "spine.json", doc)
     write_text_atomic(RESULTS / "spine.md", render(rows))
     print(render(rows))
 
