@@ -182,19 +182,33 @@ def tucker_figure(series: dict[str, list[Any]], title: str) -> Any:
     return fig
 
 
+def hist_range(reps: list[list[float]], q: float = 98.0) -> tuple[float, float, int]:
+    """(low, high, samples above high): the histogram spans min..``q``-th percentile so that a few
+    stalls on a shared machine do not squeeze the distribution into one bin; the rest are counted."""
+    import numpy as np
+
+    flat = np.concatenate([np.asarray(r, dtype=float) for r in reps])
+    lo, hi = float(flat.min()), float(np.percentile(flat, q))
+    if hi <= lo:
+        hi = float(flat.max()) if flat.max() > lo else lo + 1e-3
+    return lo, hi, int((flat > hi).sum())
+
+
 def latency_figure(entries: list[tuple[str, dict[str, Any]]]) -> Any:
     """One histogram per profiled artifact (repetitions stacked), the report's p10/p50/p90 marked."""
     plt = _plt()
     fig, axes = plt.subplots(len(entries), 1, figsize=(6.4, 2.6 * len(entries) + 0.4), dpi=110, squeeze=False)
     for ax, (label, s) in zip(axes[:, 0], entries, strict=True):
         reps = s["repetitions"]
-        ax.hist(reps, bins=30, stacked=True, label=[f"repetition {i + 1}" for i in range(len(reps))])
+        lo, hi, beyond = hist_range(reps)
+        ax.hist(reps, bins=30, range=(lo, hi), stacked=True, label=[f"repetition {i + 1}" for i in range(len(reps))])
         for key, style, color in (("p10", ":", "black"), ("p50", "-", "black"), ("p90", "--", "dimgray")):
             if s[key] is not None:
                 ax.axvline(s[key], color=color, ls=style, lw=1.2, gid=key, label=f"{key} {s[key]:.3g} ms")
         n = sum(map(len, reps))
         kind = "runs" if s["samples_kind"] == "per_run" else "per-repetition means"
-        ax.set_title(f"{label}: {n} {kind}", fontsize=9)
+        tail = f"; {beyond} slower beyond {hi:.3g} ms not shown (max {max(map(max, reps)):.3g})" if beyond else ""
+        ax.set_title(f"{label}: {n} {kind}{tail}", fontsize=9)
         ax.set_xlabel("latency (ms)")
         ax.set_ylabel("count")
         ax.legend(fontsize=6, loc="upper right", ncol=2)
