@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -46,8 +47,6 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_profit_under_torchrun_two_cpu_processes(tmp_path: Path) -> None:
-    import json
-
     tests = str(Path(__file__).resolve().parent)
     script = tmp_path / "run.py"
     script.write_text(SCRIPT.format(tests=tests, out=str(tmp_path)))
@@ -66,3 +65,48 @@ def test_profit_under_torchrun_two_cpu_processes(tmp_path: Path) -> None:
     a = torch.load(tmp_path / "state0.pt", weights_only=True)
     b = torch.load(tmp_path / "state1.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # identical models on every rank
+
+
+TINY_RECIPE = """
+version = 1
+description = "tiny profit for the torchrun CLI test"
+[[passes]]
+type = "profit"
+act_schedule = [4]
+weight_schedule = [4]
+act_stage_steps = [2]
+bn_steps = 1
+sample_steps = 2
+phase_steps = 2
+batch_size = 16
+holdout_samples = 100
+lr = 0.02
+[export]
+targets = ["executorch"]
+"""
+
+
+@pytest.mark.slow
+def test_cli_export_under_torchrun_writes_one_run(tmp_path: Path) -> None:
+    """`torchrun -m mobilec.cli export ...`: every rank trains, rank 0 alone exports, verifies and writes."""
+    from test_duq import TinyNet
+
+    torch.manual_seed(0)
+    torch.save(TinyNet().state_dict(), tmp_path / "w.pt")
+    (tmp_path / "tiny.toml").write_text(TINY_RECIPE)
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    model = f"{Path(__file__).resolve().parent / 'test_duq.py'}:TinyNet"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mobilec.cli",
+         "export", "--recipe", str(tmp_path / "tiny.toml"), "--model", model, "--weights", str(tmp_path / "w.pt"),
+         "--data", "digits", "--out", str(out), "--no-profile"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads((out / "report.json").read_text())
+    profit = next(p for p in rep["passes"] if p["name"] == "profit")
+    assert profit["summary"]["processes"] == 2
+    assert [a["status"] for a in rep["artifacts"]] == ["verified"]
+    assert proc.stdout.count("report.json") <= 1  # one summary, printed by rank 0

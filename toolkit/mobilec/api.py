@@ -34,6 +34,7 @@ class RunResult:
     report: Any  # RunReport
     ok: bool
     artifacts: list[Any] = field(default_factory=list)
+    worker_rank: int = 0  # > 0: a torchrun worker that trained alongside rank 0 and exported nothing
 
 
 def parse_targets(targets: str | list[str] | tuple[str, ...] | None, recipe: Recipe) -> tuple[str, ...]:
@@ -118,11 +119,17 @@ def export(
     torch_model, info = load_model(model_spec, weights=Path(weights) if weights else None, data=dataset)
     from mobilec import checkpoint
 
-    checkpoint.require_free_space(out_dir, checkpoint.estimated_run_bytes(torch_model, len(chosen_targets), len(rec.passes)))
-    out_dir = prepare_out_dir(out_dir, force=force or resume)
-    checkpoint.remove_stale_parts(out_dir)  # temporaries of a killed run
-    if not resume:
-        checkpoint.clear_checkpoints(out_dir)
+    worker = torchrun_worker_rank()
+    if worker:  # torchrun rank > 0: trains with the others in a private folder; rank 0 writes the run
+        import tempfile
+
+        out_dir = Path(tempfile.mkdtemp(prefix=f"mobilec-rank{worker}-"))
+    else:
+        checkpoint.require_free_space(out_dir, checkpoint.estimated_run_bytes(torch_model, len(chosen_targets), len(rec.passes)))
+        out_dir = prepare_out_dir(out_dir, force=force or resume)
+        checkpoint.remove_stale_parts(out_dir)  # temporaries of a killed run
+        if not resume:
+            checkpoint.clear_checkpoints(out_dir)
     run_fp = checkpoint.fingerprint(rec.to_dict(), model_spec, Path(weights) if weights else None, data or DEFAULT_DATA, seed)
 
     torch.manual_seed(seed)
@@ -138,7 +145,12 @@ def export(
     ctx = _make_context(dataset, out_dir, report, torch_model, seed, show_progress)
     report.accuracy["original"] = ctx.evaluate(torch_model)
 
-    compressed = run_passes(rec, torch_model, ctx, checkpoint_fingerprint=run_fp, resume=resume)
+    compressed = run_passes(rec, torch_model, ctx, checkpoint_fingerprint=None if worker else run_fp, resume=resume and not worker)
+    if worker:
+        import shutil
+
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return RunResult(out_dir=out_dir, report=report, ok=True, worker_rank=worker)
     compressed.eval()
     from mobilec.io import save_state_dict_atomic
 
@@ -156,6 +168,13 @@ def export(
                 _profile_into_report(art, compressed, ctx, rec)
     report.write(out_dir)
     return RunResult(out_dir=out_dir, report=report, ok=ok, artifacts=artifacts)
+
+
+def torchrun_worker_rank() -> int:
+    """This process's rank when launched by ``torchrun`` with several processes (0 otherwise: rank 0 or no torchrun)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
 
 
 def _given(recipe: Any, model: Any, data: Any, targets: Any) -> dict[str, Any]:

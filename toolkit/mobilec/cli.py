@@ -167,10 +167,12 @@ def export(
             command=api.current_command(),
             resume=resume,
         )
+        if result.worker_rank:  # a torchrun worker: rank 0 exports, verifies and prints
+            continue
         print_run_summary(result)
         run_dirs.append(result.out_dir)
         all_ok = all_ok and result.ok
-    if len(names) > 1:
+    if len(names) > 1 and run_dirs:
         from mobilec.compare import compare as write_compare
 
         cmp_dir = out if out is not None else run_dirs[0].parent / f"{run_dirs[0].name.rsplit('-', 1)[0]}-compare"
