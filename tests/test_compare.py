@@ -73,3 +73,13 @@ def test_missing_report_is_a_clear_error(tmp_path: Path) -> None:
         compare([tmp_path], tmp_path / "cmp")
     result = CliRunner().invoke(main, ["compare", str(tmp_path), "--out", str(tmp_path / "c")])
     assert result.exit_code == 2 and result.output.startswith("error: ")
+
+
+def test_macs_are_the_compressed_models_and_energy_is_rounded(tmp_path: Path) -> None:
+    d = _run(tmp_path, "t", "tucker", "m", 0.9, 1000, 1.0)
+    rep = json.loads((d / "report.json").read_text())
+    rep["passes"] = [{"name": "tucker", "summary": {"macs_before": 1000, "macs_after": 400}}, {"name": "ptq", "summary": {}}]
+    rep["profiles"][0]["energy"] = {"mj_per_inference": 0.2006131972, "method": "estimated: a model"}
+    (d / "report.json").write_text(json.dumps(rep))
+    md = compare([d], tmp_path / "cmp")[0].read_text()
+    assert "| 0.201 mJ (estimated: a model) | 400 | verified |" in md

@@ -72,7 +72,7 @@ def artifact_rows(rep: dict[str, Any]) -> list[dict[str, Any]]:
                 "latency_ms_p10": lat.get("p10"),
                 "latency_ms_p90": lat.get("p90"),
                 "energy": prof.get("energy"),
-                "macs": rep.get("model", {}).get("macs"),
+                "macs": compressed_macs(rep),
                 "status": a.get("status", "-"),
                 "device": prof.get("device"),
             }
@@ -81,6 +81,16 @@ def artifact_rows(rep: dict[str, Any]) -> list[dict[str, Any]]:
         if not any(r["target"] == f["target"] for r in rows):
             rows.append({"recipe": rep["recipe"], "target": f["target"], "status": f"failed: {f['error']}"})
     return rows
+
+
+def compressed_macs(rep: dict[str, Any]) -> int | None:
+    """MACs of the compressed model: the last pass that measured them (``macs_after``), else the model's."""
+    for p in reversed(rep.get("passes", [])):
+        macs = (p.get("summary") or {}).get("macs_after")
+        if isinstance(macs, int | float):
+            return int(macs)
+    macs = rep.get("model", {}).get("macs")
+    return int(macs) if isinstance(macs, int | float) else None
 
 
 def group_key(rep: dict[str, Any]) -> tuple[str, str, str]:
@@ -139,7 +149,10 @@ def render_table(rows: list[dict[str, Any]]) -> list[str]:
         if r.get("latency_ms_p50") is not None:
             lat = f"{r['latency_ms_p50']:.3f} [{_fmt(r.get('latency_ms_p10'), '.3f')}, {_fmt(r.get('latency_ms_p90'), '.3f')}]"
         e = r.get("energy")
-        energy = f"{e.get('mj_per_inference', e.get('mJ_per_inference', '?'))} mJ ({e.get('method', '?')})" if isinstance(e, dict) else "-"
+        energy = "-"
+        if isinstance(e, dict):
+            mj = e.get("mj_per_inference", e.get("mJ_per_inference"))
+            energy = f"{_fmt(mj, '.3g') if isinstance(mj, int | float) else '?'} mJ ({e.get('method', '?')})"
         size = r.get("size_bytes")
         packed = r.get("packed_weight_bytes")
         lines.append(
