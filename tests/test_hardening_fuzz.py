@@ -215,3 +215,88 @@ def test_fuzzed_recipe_files_give_a_recipe_or_one_clear_error(text: str, tmp_pat
     else:
         again = Recipe.from_dict(rec.to_dict(), name=rec.name, where="round trip")
         assert again.to_dict() == rec.to_dict()
+
+
+# --- mobilec profile ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def profile_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A real (small) ONNX artifact, and broken or misnamed copies of it."""
+    from mobilec.export import get_exporter
+
+    root = tmp_path_factory.mktemp("fuzz-profile")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    good = get_exporter("onnx").export(model, (torch.randn(1, 1, 8, 8),), root / "model.onnx").path
+    data = good.read_bytes()
+    f = {"good": good, "root": root}
+    for name, content in {"cut.onnx": data[: len(data) // 2], "empty.onnx": b"", "misnamed.pte": data,
+                          "garbage.tflite": b"garbage" * 50, "model.bin": data}.items():
+        (root / name).write_bytes(content)
+        f[name] = root / name
+    (root / "afile").write_text("x")
+    f["afile"] = root / "afile"
+    return f
+
+
+@pytest.fixture(scope="module")
+def profile_planning():
+    """Stop every host profile right before its worker process starts (all checks done by then)."""
+    from mobilec.profile.host import HostDevice
+
+    plans: list[dict] = []
+    mp = pytest.MonkeyPatch()
+
+    def spawn(self, tmp, artifact, *, runs, warmup):
+        plans.append({"artifact": artifact, "runs": runs, "warmup": warmup})
+        raise SystemExit(PLANNED)
+
+    mp.setattr(HostDevice, "_spawn", spawn)
+    yield plans
+    mp.undo()
+
+
+def _profile_args(draw: st.DrawFn, f: dict[str, Path]) -> list[str]:
+    from mobilec.profile import list_profiles
+
+    counts = ["0", "1", "3", "-2", "abc", "", "1.5", str(2**40)]
+    pools = {
+        "--device": ["host", "host", "host", "adb", "adb:NOPE123", "emulator-5554", "", "gpu"],
+        "--profile": [*list_profiles(), "nope", ""],
+        "--runs": counts, "--warmup": counts, "--threads": counts, "--repetitions": counts,
+        "--runner": [str(f["afile"]), str(f["root"] / "missing")],
+        "--json": [str(f["root"] / "j" / f"m{next(_counter)}.json"), str(f["afile"] / "x.json")],
+    }
+    artifact = draw(st.sampled_from([str(f["good"])] * 4 + [str(f[n]) for n in ("cut.onnx", "empty.onnx", "misnamed.pte",
+                                     "garbage.tflite", "model.bin", "afile")] + [str(f["root"] / "missing.onnx"),
+                                                                                  str(f["root"])]))
+    args = ["profile", artifact]
+    for opt in draw(st.lists(st.sampled_from(sorted(pools)), max_size=5, unique=True)):
+        value = draw(st.text(max_size=8)) if draw(st.integers(0, 9)) == 0 else draw(st.sampled_from(pools[opt]))
+        args += [opt, value]
+    if draw(st.booleans()):
+        args.append("--allow-charging")
+    if draw(st.integers(0, 7)) == 0:
+        args.insert(draw(st.integers(1, len(args))), draw(st.sampled_from(_JUNK)))
+    return args
+
+
+@settings(max_examples=fuzz_examples(100), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                                 HealthCheck.too_slow])
+@given(data=st.data())
+def test_fuzzed_profile_arguments_give_a_plan_or_one_error_line(data: st.DataObject, profile_files, profile_planning) -> None:
+    args = _profile_args(data.draw, profile_files)
+    json_out = Path(args[args.index("--json") + 1]) if "--json" in args[:-1] else None
+    json_out = json_out if json_out is not None and json_out.name and not json_out.exists() else None
+    n_plans = len(profile_planning)
+    result = CliRunner().invoke(main, args)
+    record("CLI argument lists (profile)")
+    text = result.output
+    assert "Traceback" not in text and "internal error" not in text, (args, text)
+    if result.exit_code == PLANNED:
+        assert len(profile_planning) == n_plans + 1
+        plan = profile_planning[-1]
+        assert plan["artifact"].resolve() == profile_files["good"].resolve() and plan["runs"] >= 1 and plan["warmup"] >= 0
+        return
+    assert result.exit_code != 0, (args, text)
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), (args, text)
+    assert json_out is None or not json_out.exists(), (args, "a JSON file was written for a failed profile")

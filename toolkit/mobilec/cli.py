@@ -212,6 +212,10 @@ def profile(
 
     if not artifact.is_file():
         raise MobilecError(f"artifact {artifact} does not exist", hint="give the path of a .pte, .tflite or .onnx file")
+    if json_out is not None:  # checked before measuring, not after
+        existing = next((p for p in (json_out.parent, *json_out.parent.parents) if p.exists()), None)
+        if not json_out.name or json_out.is_dir() or (existing is not None and not existing.is_dir()):
+            raise MobilecError(f"--json {str(json_out)!r} is not a writable file path", hint="e.g. --json measurement.json")
     m = api.profile(
         artifact,
         device=device,
