@@ -19,8 +19,10 @@ from mobilec.errors import ExportError
 from mobilec.export import (
     batch1_example,
     check_calibration,
+    error_text,
     failing_module,
     first_line,
+    modules_for_ops,
     ops_in_message,
     pt2e_quantize,
     smoke_check,
@@ -89,7 +91,10 @@ class TFLiteExporter:
             if quant is None:
                 torch_export(model, example, self.target)  # a torch.export problem gets its own, clearer error
             where = failing_module(model, exc)
-            ops = ops_in_message(str(exc))
+            ops = ops_in_message(error_text(exc))
+            if not where and ops:  # the converter fails on the graph, not in a module's forward: find the op's module
+                with contextlib.suppress(Exception):
+                    where = ", ".join(modules_for_ops(torch_export(model, example, self.target).graph_module, ops[:3])[:3])
             raise ExportError(
                 f"tflite: litert_torch.convert failed{f' in module {where}' if where else ''}"
                 + (f" on op {', '.join(ops[:3])}" if ops else "") + f": {type(exc).__name__}: {first_line(exc)}",
