@@ -8,8 +8,8 @@ metric vs latency, one marker per target, the Pareto front drawn, per model/data
 By default the rendering replaces a marked block in NAME.md (appended once if the page has
 none), so the prose a benchmark script writes stays and rerunning is idempotent::
 
-    mobilec compare --bench bench/results/tucker_quick.json
-    python -m mobilec.bench_render bench/results/tucker_quick.json      # the same
+    mobilec compare --bench bench/results/tucker.json
+    python -m mobilec.bench_render bench/results/tucker.json      # the same
 
 >>> order_columns(["latency_ms_p50", "status", "accuracy", "recipe", "size_bytes", "model"])
 ['model', 'recipe', 'accuracy', 'size_bytes', 'latency_ms_p50', 'status']
