@@ -1,0 +1,76 @@
+"""bench/profit.py: rows come from a run's report, goals compare artifact accuracy with fp32, rows merge by key."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_profit", ROOT / "bench" / "profit.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_profit"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _report(recipe: str, acc: float, *, qat: bool = True) -> dict[str, Any]:
+    layer = {"name": "c", "kind": "conv2d", "params": 100, "info_bits": 4.0, "stored": "int8", "executed": "int8",
+             "stored_bytes": 104, "packed_bytes": 54}
+    passes = [{"name": "profit", "params": {}, "seconds": 60.0,
+               "summary": {"train_seconds": 55.0, "steps": 300, "mean_step_seconds": 0.18,
+                           "aiwq_ranking": ["a", "b", "c", "d"]}}] if qat else []
+    return {"recipe": recipe, "command": f"mobilec export --recipe {recipe}", "model": {"name": "mobilenet_v2"},
+            "passes": passes, "accuracy": {"original": 0.92, "compressed_eager": acc},
+            "artifacts": [{"target": "executorch", "size_bytes": 2000, "layers": [layer], "status": "verified",
+                           "verification": {"accuracy": acc, "top1_agreement": 1.0, "max_abs_error": 0.0,
+                                            "n_samples": 10000, "reference": "eager"}}],
+            "failures": [{"target": "tflite", "error": "boom"}]}
+
+
+def test_rows_from_report_carry_the_issue_fields() -> None:
+    b = _bench()
+    rows = b.rows_from_report(_report("profit4bit", 0.918), model="mobilenet_v2", recipe="profit4bit", command="cmd",
+                              machine="host")
+    ok, failed = rows
+    for key in ("model", "recipe", "target", "accuracy", "eager_accuracy", "size_bytes", "packed_weight_bytes",
+                "train_seconds", "machine", "command"):
+        assert key in ok
+    assert ok["packed_weight_bytes"] == 54 and ok["stored_weight_bytes"] == 104 and ok["train_seconds"] == 55.0
+    assert ok["aiwq_top3"] == ["a", "b", "c"] and ok["weight_info_bits"] == [4.0]
+    assert failed["target"] == "tflite" and failed["accuracy"] is None and "boom" in failed["error"]
+
+
+def test_goals_use_the_artifact_accuracy_against_fp32() -> None:
+    b = _bench()
+    rows = []
+    for recipe, acc in (("profit4bit", 0.918), ("duq4bit", 0.91), ("profit3bit", 0.90), ("duq3bit", 0.905)):
+        rows += b.rows_from_report(_report(recipe, acc), model="m", recipe=recipe, command="c", machine="h")[:1]
+    goals = b.check_goals(rows, {"m": {"ratio": 1.6}})
+    assert goals["m/profit4bit/executorch"]["met"] and not goals["m/duq4bit/executorch"]["met"]  # 0.2 vs 1.0 pt
+    assert not goals["m/profit3bit>duq3bit/executorch"]["met"]
+    assert not goals["m/qat_step_time_ratio"]["met"]
+    md = b.render_markdown({"rows": rows, "goals": goals, "machine": {"description": "h"}, "step_time": {}})
+    assert "| profit4bit | executorch | 0.9180 |" in md and "**no**" in md
+
+
+def test_rows_merge_by_model_recipe_target(tmp_path: Path) -> None:
+    b = _bench()
+    out = tmp_path / "profit.json"
+    args = b.parse_args(["--out", str(out)])
+    result: dict[str, Any] = {"rows": [], "step_time": {}}
+    from mobilec.io import write_json_atomic, write_text_atomic
+
+    first = b.rows_from_report(_report("profit4bit", 0.90), model="m", recipe="profit4bit", command="c", machine="h")
+    b._save(result, first, "h", args, write_json_atomic, write_text_atomic)
+    again = b.rows_from_report(_report("profit4bit", 0.91), model="m", recipe="profit4bit", command="c", machine="h")
+    b._save(result, again, "h", args, write_json_atomic, write_text_atomic)
+    saved = json.loads(out.read_text())
+    assert [r["accuracy"] for r in saved["rows"] if r["target"] == "executorch"] == [0.91]
+    assert out.with_suffix(".md").is_file()
