@@ -55,3 +55,17 @@ def test_weights_without_model(tmp_path: Path) -> None:
 def test_profile_missing_artifact(tmp_path: Path) -> None:
     line = _one_error_line(CliRunner().invoke(main, ["profile", str(tmp_path / "nope.pte")]))
     assert "does not exist" in line
+
+
+def test_python_api_names_stay_callable_after_subpackage_imports() -> None:
+    """``import mobilec.export.executorch`` rebinds ``mobilec.export`` to the subpackage; it must stay the API."""
+    import importlib
+
+    import mobilec
+    from mobilec.errors import MobilecError
+
+    importlib.import_module("mobilec.export.executorch")
+    importlib.import_module("mobilec.profile.host")
+    assert callable(mobilec.export) and callable(mobilec.profile)
+    with pytest.raises(MobilecError, match="no-such-recipe"):
+        mobilec.export("no-such-recipe")

@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import sys
+import types
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -257,3 +259,19 @@ def smoke_check(
         path.unlink(missing_ok=True)
         raise ExportError(f"{target}: the artifact returns shape {out.shape}, the model {ref.shape}")
     return float(np.abs(out - ref).max()), list(session.notes)
+
+
+class _CallableModule(types.ModuleType):
+    """``mobilec.export`` is both this package and the API function ``mobilec.export(recipe, ...)``.
+
+    Importing the package replaces the function attribute on ``mobilec``; making the package
+    callable keeps ``mobilec.export("int8", model=...)`` working afterwards (as mobilec.profile does).
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from mobilec.api import export as api_export
+
+        return api_export(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
