@@ -217,18 +217,33 @@ def tradeoff_figure(points: list[Point], label: str, title: str, *, metric_label
 
 
 def _annotate(ax: Any, labels: list[tuple[str, float, float]]) -> None:
-    """Name each point once: a label equal to one already drawn nearby is skipped; a label that would
-    overlap another is moved down a line."""
+    """Name each point once, next to it: a label equal to one already drawn nearby is skipped; a label
+    tries right/left, above/below its point before moving further away (with a leader line), so that
+    no two labels and no label and marker overlap."""
     ax.autoscale_view()
     scale = 72.0 / ax.figure.dpi
-    placed: list[tuple[str, float, float]] = []  # text, x, y of each label's anchor, in points
-    for text, x, y in sorted(labels, key=lambda t: (-t[2], t[1])):
-        px, py = (v * scale for v in ax.transData.transform((x, y)))
-        if any(t == text and abs(px - qx) < 8 and abs(py - qy) < 8 for t, qx, qy in placed):
+    pts = [tuple(v * scale for v in ax.transData.transform((x, y))) for _, x, y in labels]
+    markers = [(px - 4, py - 4, px + 4, py + 4) for px, py in pts]  # boxes in points
+    boxes: list[tuple[float, float, float, float]] = []
+    drawn: list[tuple[str, float, float]] = []
+
+    def free(b: tuple[float, float, float, float]) -> bool:
+        return not any(b[0] < o[2] and o[0] < b[2] and b[1] < o[3] and o[1] < b[3] for o in boxes + markers)
+
+    order = sorted(range(len(labels)), key=lambda i: (-labels[i][2], labels[i][1]))
+    for i in order:
+        text, x, y = labels[i]
+        px, py = pts[i]
+        if any(t == text and abs(px - qx) < 8 and abs(py - qy) < 8 for t, qx, qy in drawn):
             continue  # the same recipe at (almost) the same spot, e.g. two targets of one size
-        dy = 4.0
-        width = 4.8 * len(text)  # 8 pt text
-        while any(abs(py + dy - qy) < 10 and px < qx + 4.8 * len(t) and qx < px + width for t, qx, qy in placed):
-            dy -= 10
-        placed.append((text, px, py + dy))
-        ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, dy), fontsize=8)
+        w, h = 4.8 * len(text), 9.0  # 8 pt text
+        own = markers[i]
+        markers[i] = (0, 0, 0, 0)  # a label may touch its own marker's box edge
+        candidates = [(dx, dy) for k in range(6) for dy in (3 + 10 * k, -12 - 10 * k) for dx in (5, -5 - w)]
+        dx, dy = next(((dx, dy) for dx, dy in candidates if free((px + dx, py + dy, px + dx + w, py + dy + h))), (5, 3))
+        markers[i] = own
+        boxes.append((px + dx, py + dy, px + dx + w, py + dy + h))
+        drawn.append((text, px, py))
+        far = abs(dy) > 15
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=8,
+                    arrowprops={"arrowstyle": "-", "color": "gray", "lw": 0.5} if far else None)
