@@ -94,6 +94,9 @@ def test_interrupt_then_resume_gives_the_uninterrupted_result(
     assert_only_complete_files(out)
     done = sorted(p.name for p in (out / checkpoint.CHECKPOINT_DIR).glob("*.pt")) if out.exists() else []
 
+    if done:  # progress is never thrown away by a plain rerun
+        again = CliRunner().invoke(main, export_args(tiny_inputs, out))
+        assert again.exit_code == 2 and "pass --resume to continue that run" in again.output, again.output
     resumed = CliRunner().invoke(main, export_args(tiny_inputs, out, "--resume"), catch_exceptions=False)
     assert resumed.exit_code == 0, resumed.output
     assert_same_result(out, tiny_reference)

@@ -54,10 +54,14 @@ def prepare_out_dir(out: Path, *, force: bool) -> Path:
     if out.exists() and not out.is_dir():
         raise MobilecError(f"output path {out} exists and is not a folder", hint="choose another --out")
     existing = [name for name in RUN_FILES if (out / name).exists()]
+    interrupted = (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("pass-*.pt"))
+    if interrupted:
+        existing.append("pass checkpoints of an earlier (maybe interrupted) run")
     if existing and not force:
         raise MobilecError(
             f"output folder {out} already holds {', '.join(existing)}",
-            hint="choose another --out, or pass --force to replace them",
+            hint="choose another --out, pass --resume to continue that run, or --force to replace it" if interrupted
+            else "choose another --out, or pass --force to replace them",
         )
     try:
         out.mkdir(parents=True, exist_ok=True)
