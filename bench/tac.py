@@ -67,15 +67,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=RESULTS / "tac.json")
     p.add_argument("--merge", type=Path, nargs="+", default=None,
                    help="combine earlier result files (e.g. one per model) into --out and re-render; runs nothing")
+    p.add_argument("--note", default="", help="with --merge: a line about how the parts were run, shown under the command")
     return p.parse_args(argv)
 
 
 def run_one(model: str, recipe: str, targets: str, data: str, weights: str | None, runs_dir: Path) -> list[dict[str, Any]]:
-    import mobilec
+    from mobilec.api import export  # not mobilec.export: importing the mobilec.export package rebinds that name
 
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
-    res = mobilec.export(recipe, model=model, weights=weights, data=data, targets=targets, out=runs_dir / f"{model}-{recipe}",
+    res = export(recipe, model=model, weights=weights, data=data, targets=targets, out=runs_dir / f"{model}-{recipe}",
                          force=True, allow_mismatch=True, show_progress=False,
                          command=f"mobilec export --recipe {recipe} --model {model} --data {data} --target {targets}"
                          + (f" --weights {weights}" if weights else ""))
@@ -124,9 +125,10 @@ def _f(x: Any, spec: str) -> str:
 
 def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = ["# TAC vs binary-all vs fp32 (Fashion-MNIST)", "",
-             f"- machine: {meta['machine'].get('cpu')} ({meta['machine'].get('cores')} cores, shared with other jobs; "
+             f"- machine: {meta['machine'].get('cpu')} ({meta['machine'].get('cores')} cores, CPU only, shared with other jobs; "
              "load averages per row in tac.json)",
-             f"- command: `{meta['command']}`", "",
+             f"- command: `{meta['command']}`",
+             *([f"- note: {meta['note']}"] if meta.get("note") else []), "",
              "Accuracy is measured from the artifact in its runtime on the 10,000 test images; eager accuracy is the "
              "compressed torch model; agreement is artifact vs eager top-1. Packed bytes = weights at their information "
              "bits (binary: 1 bit + per-channel scale; pruned FC: smallest of CSR / bitmask / dense k-bit).", "",
@@ -154,7 +156,7 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
               "and its size is the int8 size; the packed column is what 1-bit / sparse storage would take.",
               "- Per-layer tables (information / stored / executed bits) are in each run's report.md under the run dir.",
               "- train_seconds is wall-clock on shared CPUs; compare rows only with their load averages in mind."]
-    notes = sorted({n for r in rows for n in r.get("notes", []) if "pruned (" in n})
+    notes = sorted({f"{r['model']} {n}" for r in rows for n in r.get("notes", []) if "pruned (" in n})
     if notes:
         lines += ["", "### Pruned FC storage (from the artifacts)", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         parts = [json.loads(p.read_text()) for p in args.merge]
         rows = [r for part in parts for r in part["rows"]]
         meta = {**parts[0]["meta"], "command": " && ".join(part["meta"]["command"] for part in parts),
-                "merged_from": [str(p) for p in args.merge]}
+                "merged_from": [str(p) for p in args.merge], **({"note": args.note} if args.note else {})}
         write_json_atomic(args.out, {"meta": meta, "rows": rows})
         write_text_atomic(args.out.with_suffix(".md"), render(rows, meta))
         return 0
