@@ -7,7 +7,8 @@ in its own runtime on the full 10k test split (``verify_artifact``); latency by 
 profiler, all artifacts of a target measured in interleaved rounds in the same run, so the
 ratios vs fp32 compare like with like. Writes ``bench/results/tucker.json`` and ``tucker.md``.
 
-    python bench/tucker.py                       # the full benchmark (~20-40 min on 2 busy cores)
+    python bench/tucker.py                       # the full benchmark (~10 min with the CPU lock held, 2 cores)
+    python bench/tucker.py --finetune-samples 20000   # fine-tune on a seeded 20k subset instead of 1 epoch
     python bench/tucker.py --quick               # smoke run: 2k train images, 1k test, few timing runs
 """
 
