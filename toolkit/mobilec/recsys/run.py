@@ -64,9 +64,10 @@ def export_recommender_run(
     from mobilec.recsys.lightgcn import BPRConfig
     from mobilec.report import RunReport
 
+    data = data or "ml-100k"  # the default data set of recommender recipes
     if (model or "lightgcn") not in RECSYS_MODELS:
         raise MobilecError(f"interaction data needs a recommender model, got --model {model}", hint="use --model lightgcn")
-    if data is None or not (data == "ml-100k" or data.startswith("interactions:")):
+    if not (data == "ml-100k" or data.startswith("interactions:")):
         raise MobilecError(f"--model lightgcn needs interaction data, got --data {data}",
                            hint="use --data ml-100k or --data interactions:PATH.tsv")
     bad = [t for t in targets if t not in ("executorch", "tflite")]
