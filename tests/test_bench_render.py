@@ -61,6 +61,7 @@ def test_one_number_format_per_column() -> None:
     assert fmt_cell("accuracy", 1.0, "fraction") == "1.0000" and fmt_cell("s", 100.0, "whole") == "100"
     assert fmt_cell("bits", [1.0, 4.0], "whole") == "1, 4" and fmt_cell("ms", 2.25) == "2.250"
     assert fmt_cell("n", 1234567) == "1,234,567" and fmt_cell("ok", True) == "yes" and fmt_cell("x", None) == "-"
+    assert fmt_cell("kept", "") == "-" and fmt_cell("e", "x" * 200).endswith("…") and len(fmt_cell("e", "x" * 200)) == 120
 
 
 def test_page_table_holds_every_row_and_keeps_the_prose(tmp_path: Path) -> None:

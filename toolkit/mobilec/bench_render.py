@@ -87,13 +87,13 @@ def float_style(values: list[Any]) -> str:
     return "mixed"
 
 
-def fmt_cell(key: str, v: Any, style: str = "mixed") -> str:
+def fmt_cell(key: str, v: Any, style: str = "mixed", max_len: int = MAX_CELL) -> str:
     if v is None:
         return "-"
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, list):
-        return ", ".join(fmt_cell(key, x, style) for x in v) or "-"
+        return ", ".join(fmt_cell(key, x, style, max_len) for x in v) or "-"
     if isinstance(v, int):
         return f"{v:,}"
     if isinstance(v, float):
@@ -104,8 +104,10 @@ def fmt_cell(key: str, v: Any, style: str = "mixed") -> str:
         if style == "whole" or abs(v) >= 1000:
             return f"{v:,.0f}"
         return f"{v:.4f}" if abs(v) < 1 else f"{v:.3f}"
-    text = str(v).replace("|", "\\|").replace("\n", " ")
-    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
+    text = str(v).replace("|", "\\|").replace("\n", " ").strip()
+    if not text:
+        return "-"
+    return text if len(text) <= max_len else text[: max_len - 1] + "…"
 
 
 @dataclass
@@ -204,7 +206,7 @@ def render_bench(result: dict[str, Any], name: str, out_dir: Path, *, metric: st
         md += [f"Regenerate: `{command}`", ""]
     meta = {k: v for k, v in result.items() if k in ("benchmark", "command", "machine") and _is_scalar(v)}
     meta.update({k: v for k, v in (result.get("meta") or {}).items() if k == "command" and _is_scalar(v)})
-    md += [f"- {k}: {fmt_cell(k, v)}" for k, v in meta.items()]
+    md += [f"- {k}: {fmt_cell(k, v, max_len=10_000)}" for k, v in meta.items()]  # the header is never cut
     if len(groups) > 1:
         md += [f"- {len(groups)} groups by {', '.join(gkeys)}; each has its own table and plots (never mixed)"]
     md.append("")
