@@ -67,6 +67,9 @@ def test_int8_export_all_targets_verified(small_run_inputs: dict[str, Path]) -> 
         assert any(layer["stored"] == "int8" for layer in a["layers"])
     assert (out / "compressed.pt").is_file() and (out / "report.md").is_file()
     assert rep["passes"][0]["name"] == "ptq"
+    # per-layer bits plots, one per artifact, drawn and linked from report.md
+    assert sorted(p["file"] for p in rep["plots"]) == ["bits_executorch.png", "bits_onnx.png", "bits_tflite.png"]
+    assert all(p["error"] is None and f"]({p['file']})" in (out / "report.md").read_text() for p in rep["plots"])
     pte = next(a for a in rep["artifacts"] if a["target"] == "executorch")
     assert pte["delegation"]["not_delegated"] == {}
 
@@ -90,6 +93,8 @@ def test_fp32_onnx_profiled_and_compared(small_run_inputs: dict[str, Path]) -> N
     assert prof["latency_ms"]["p50"] > 0 and prof["energy"]["method"].startswith("estimated")
     md = (out / "report.md").read_text()
     assert "## Profiling" in md and "model.onnx" in md
+    assert "](latency_hist.png)" in md and (out / "latency_hist.png").stat().st_size > 0
+    assert sum(len(r["latencies_ms"]) for r in prof["repetitions"]) == prof["latency_ms"]["n"]  # raw samples kept
 
 
 def test_bad_data_spec_is_one_line(tmp_path: Path) -> None:
