@@ -140,7 +140,7 @@ def step_time(model_name: str, data_name: str, device: str, batches: int, seed: 
     """Mean seconds per training step: the float model vs its DuQ W4A4 version (all quantizers on), same loop.
 
     Both use the DuQ pass's Trainer (SGD Nesterov, batch 64, augmentation, no distillation) on the
-    same device; 5 warm-up steps are not timed. Weights are freshly initialised (time does not depend on them).
+    same device; 5 warm-up steps are not timed. The shipped checkpoint is used where it exists.
     """
     import torch
 
@@ -153,19 +153,24 @@ def step_time(model_name: str, data_name: str, device: str, batches: int, seed: 
     dev = torch.device(device)
     x, y = data.x_train[:8192], data.y_train[:8192]
     zero = (-torch.tensor(data.mean) / torch.tensor(data.std)).view(1, -1, 1, 1)
-    fp = build_model(model_name, num_classes=data.num_classes, in_channels=data.input_shape[0], pretrained=False)
+    from mobilec.models import get_entry
+
+    entry = get_entry(model_name)  # the trained checkpoint where one is shipped for this data (a random net can diverge)
+    trained = entry.weights_path is not None and entry.weights_path.is_file() and data.name == entry.default_data
+    fp = build_model(model_name, num_classes=data.num_classes, in_channels=data.input_shape[0], pretrained=trained)
     q = qm_.convert_to_duq(fp, weight_bits=4, act_bits=4)
     qm_.init_activation_quantizers(q, x[:256])
     qm_.init_weight_quantizers(q)
     qm_.enable_quantizers(q, acts=True, weights=True)
-    out: dict[str, Any] = {"model": model_name, "device": device, "batch_size": 64, "timed_steps": batches}
+    out: dict[str, Any] = {"model": model_name, "device": device, "batch_size": 64, "timed_steps": batches,
+                           "weights": "shipped checkpoint" if trained else "random init", "threads": torch.get_num_threads()}
     for label, m in (("fp32", fp), ("duq_w4a4", q)):
         m.to(dev)
         tr = Trainer(m, x, y, teacher=None, batch_size=64, weight_decay=2e-5, quant_lr_scale=0.01, augment=True,
                      hflip=False, zero=zero, seed=seed, ema_decay=0.0, dist=DistInfo(), device=dev)
-        tr.run_phase("warm-up", 5, lr=1e-3)
+        tr.run_phase("warm-up", 5, lr=1e-4)
         tr.step_seconds.clear()
-        tr.run_phase("timed", batches, lr=1e-3)
+        tr.run_phase("timed", batches, lr=1e-4)
         times = sorted(tr.step_seconds)
         out[f"{label}_step_seconds"] = sum(times) / len(times)
         out[f"{label}_step_seconds_median"] = times[len(times) // 2]
@@ -275,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         for model in [m.strip() for m in args.models.split(",") if m.strip()]:
             if args.step_time:
                 result["step_time"][model] = {**step_time(model, args.data, args.device,
-                                                          args.step_batches, args.seed), "machine": desc}
+                                                          args.step_batches, args.seed), "machine": desc, "command": command}
                 print(f"{model}: QAT step / fp32 step = {result['step_time'][model]['ratio']:.2f}", flush=True)
             for recipe in [r.strip() for r in args.rows.split(",") if r.strip()]:
                 rows = run_row(model, recipe, targets, args, command, desc)
