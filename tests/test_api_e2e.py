@@ -88,6 +88,15 @@ def test_fp32_onnx_profiled_and_compared(small_run_inputs: dict[str, Path]) -> N
     assert result.exit_code == 0, result.output
     rep = json.loads((out / "report.json").read_text())
     assert [a["target"] for a in rep["artifacts"]] == ["onnx"]
+    import torch
+
+    from mobilec.compare import compressed_macs
+    from mobilec.models import count_macs
+
+    ns: dict = {}
+    exec(MODEL_SRC, ns)
+    assert rep["model"]["macs"] == count_macs(ns["make"](), torch.zeros(1, 1, 28, 28)) > 0
+    assert compressed_macs(rep) == rep["model"]["macs"]  # what `mobilec compare` shows in its MACs column
     assert rep["artifacts"][0]["verification"]["max_abs_error"] < 1e-3
     prof = rep["profiles"][0]
     assert prof["latency_ms"]["p50"] > 0 and prof["energy"]["method"].startswith("estimated")

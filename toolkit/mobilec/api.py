@@ -148,6 +148,7 @@ def export(
     report.recipe_dict = rec.to_dict()  # type: ignore[attr-defined]
     ctx = _make_context(dataset, out_dir, report, torch_model, seed, show_progress)
     report.accuracy["original"] = ctx.evaluate(torch_model)
+    _count_macs_into(report, torch_model, dataset.input_shape)
 
     compressed = run_passes(rec, torch_model, ctx, checkpoint_fingerprint=None if worker else run_fp, resume=resume and not worker)
     if worker:
@@ -321,3 +322,13 @@ def profile(artifact: str | Path, *, device: str = "host", **kwargs: Any) -> Any
 
 def current_command() -> str:
     return "mobilec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _count_macs_into(report: Any, model: torch.nn.Module, input_shape: tuple[int, ...]) -> None:
+    """The original model's MACs per image (conv/linear); passes that change them report ``macs_after``."""
+    from mobilec.models import count_macs
+
+    try:
+        report.model["macs"] = int(count_macs(model, torch.zeros(1, *input_shape)))
+    except Exception as exc:  # a user model count_macs cannot trace: say so instead of a blank
+        report.notes.append(f"MACs not counted: {type(exc).__name__}: {exc}")
