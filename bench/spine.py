@@ -144,8 +144,8 @@ def breakdown_lines(rows: list[dict]) -> list[str]:
         *[f"| {k} | {b['file_bytes']} | {b['weight_and_bias_bytes']} | {b['scale_bytes']} | {b['graph_and_other_bytes']} |"
           for k, b in (("fp32", fp), ("int8", q))],
         "",
-        f"int8 keeps int32 biases and fp32 per-channel scales: {q['scale_bytes']} bytes of scale tables, 8 bytes per output",
-        "channel (two fp32 scales each), so the per-channel overhead is a few percent of this",
+        f"int8 keeps int32 biases and fp32 per-channel scales ({q['scale_bytes']} bytes of scale tables, two per conv/linear",
+        "layer in the XNNPACK blob), so the per-channel overhead is a few percent of this",
         f"small model. With a single scale table the ratio would be {ideal:.2f}x; per-tensor weight scales would",
         "remove the tables at an accuracy cost on depthwise convs."
         + (" The 3.8x goal is not reachable with per-channel int8 on XNNPACK for this model." if ideal < 3.8 else ""),

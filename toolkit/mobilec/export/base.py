@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,3 +78,38 @@ class Exporter(Protocol):
         quant: QuantPlan | None = None,
         calibration: Sequence[torch.Tensor] = (),
     ) -> Artifact: ...
+
+
+class ExporterBase:
+    """The shared ``export`` of every target: a batch-1 example, the model in eval mode while the
+    target's ``_export`` runs (inside ``_quiet()``, for runtimes with chatty logs), the mode restored."""
+
+    target: str
+    suffix: str
+
+    def export(
+        self,
+        model: nn.Module,
+        example_inputs: tuple[torch.Tensor, ...],
+        out_path: Path,
+        *,
+        quant: QuantPlan | None = None,
+        calibration: Sequence[torch.Tensor] = (),
+    ) -> Artifact:
+        from mobilec.export import batch1_example
+
+        example = batch1_example(example_inputs, self.target)
+        was_training = model.training
+        model.eval()
+        try:
+            with self._quiet():
+                return self._export(model, example, Path(out_path), quant, calibration)
+        finally:
+            model.train(was_training)
+
+    def _quiet(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def _export(self, model: nn.Module, example: torch.Tensor, out_path: Path, quant: QuantPlan | None,
+                calibration: Sequence[torch.Tensor]) -> Artifact:
+        raise NotImplementedError

@@ -18,7 +18,6 @@ from torch import nn
 
 from mobilec.errors import ExportError
 from mobilec.export import (
-    batch1_example,
     check_calibration,
     error_text,
     first_line,
@@ -29,7 +28,7 @@ from mobilec.export import (
     smoke_check,
     torch_export,
 )
-from mobilec.export.base import Artifact
+from mobilec.export.base import Artifact, ExporterBase
 from mobilec.export.layers import check_layers, layer_bits, op_name, pte_records, summarize
 from mobilec.io import atomic_path
 from mobilec.quant import QuantPlan
@@ -37,30 +36,12 @@ from mobilec.quant import QuantPlan
 _NOT_OPS = ("getitem", "executorch_call_delegate")
 
 
-class ExecuTorchExporter:
+class ExecuTorchExporter(ExporterBase):
     """Writes an XNNPACK-delegated ``.pte``; int8 uses ``XNNPACKQuantizer`` (per-channel symmetric
     weights, static per-tensor activations) calibrated on the given real batches."""
 
     target = "executorch"
     suffix = ".pte"
-
-    def export(
-        self,
-        model: nn.Module,
-        example_inputs: tuple[torch.Tensor, ...],
-        out_path: Path,
-        *,
-        quant: QuantPlan | None = None,
-        calibration: Sequence[torch.Tensor] = (),
-    ) -> Artifact:
-        out_path = Path(out_path)
-        example = batch1_example(example_inputs, self.target)
-        was_training = model.training
-        model.eval()
-        try:
-            return self._export(model, example, out_path, quant, calibration)
-        finally:
-            model.train(was_training)
 
     def _export(self, model: nn.Module, example: torch.Tensor, out_path: Path, quant: QuantPlan | None,
                 calibration: Sequence[torch.Tensor]) -> Artifact:

@@ -20,7 +20,6 @@ from torch import nn
 
 from mobilec.errors import ExportError, MobilecError
 from mobilec.export import (
-    batch1_example,
     check_calibration,
     error_text,
     first_line,
@@ -29,7 +28,7 @@ from mobilec.export import (
     smoke_check,
     torch_export,
 )
-from mobilec.export.base import Artifact
+from mobilec.export.base import Artifact, ExporterBase
 from mobilec.export.layers import check_layers, layer_bits, onnx_records, ort_int8_weights, summarize
 from mobilec.io import atomic_path
 from mobilec.quant import QuantPlan
@@ -39,7 +38,7 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
 
-class OnnxExporter:
+class OnnxExporter(ExporterBase):
     """Writes a static batch-1 ``.onnx`` (opset 18) checked by ``onnx.checker``.
 
     int8 runs onnxruntime's ``quantize_static`` (QDQ format, per-channel symmetric int8 weights,
@@ -52,24 +51,6 @@ class OnnxExporter:
 
     target = "onnx"
     suffix = ".onnx"
-
-    def export(
-        self,
-        model: nn.Module,
-        example_inputs: tuple[torch.Tensor, ...],
-        out_path: Path,
-        *,
-        quant: QuantPlan | None = None,
-        calibration: Sequence[torch.Tensor] = (),
-    ) -> Artifact:
-        out_path = Path(out_path)
-        example = batch1_example(example_inputs, self.target)
-        was_training = model.training
-        model.eval()
-        try:
-            return self._export(model, example, out_path, quant, calibration)
-        finally:
-            model.train(was_training)
 
     def _export(self, model: nn.Module, example: torch.Tensor, out_path: Path, quant: QuantPlan | None,
                 calibration: Sequence[torch.Tensor]) -> Artifact:

@@ -17,7 +17,6 @@ from torch import nn
 
 from mobilec.errors import ExportError
 from mobilec.export import (
-    batch1_example,
     check_calibration,
     error_text,
     failing_module,
@@ -28,13 +27,13 @@ from mobilec.export import (
     smoke_check,
     torch_export,
 )
-from mobilec.export.base import Artifact
+from mobilec.export.base import Artifact, ExporterBase
 from mobilec.export.layers import check_layers, layer_bits, summarize, tflite_records
 from mobilec.io import atomic_path
 from mobilec.quant import QuantPlan
 
 
-class TFLiteExporter:
+class TFLiteExporter(ExporterBase):
     """Writes a ``.tflite`` (runs on LiteRT's CPU kernels / XNNPACK delegate). int8 uses litert-torch's
     ``PT2EQuantizer`` (per-channel symmetric weights, static per-tensor activations) calibrated on the
     given real batches; the converted model then has int8 input and output tensors."""
@@ -42,24 +41,8 @@ class TFLiteExporter:
     target = "tflite"
     suffix = ".tflite"
 
-    def export(
-        self,
-        model: nn.Module,
-        example_inputs: tuple[torch.Tensor, ...],
-        out_path: Path,
-        *,
-        quant: QuantPlan | None = None,
-        calibration: Sequence[torch.Tensor] = (),
-    ) -> Artifact:
-        out_path = Path(out_path)
-        example = batch1_example(example_inputs, self.target)
-        was_training = model.training
-        model.eval()
-        try:
-            with _quiet_litert():
-                return self._export(model, example, out_path, quant, calibration)
-        finally:
-            model.train(was_training)
+    def _quiet(self) -> contextlib.AbstractContextManager[None]:
+        return _quiet_litert()
 
     def _export(self, model: nn.Module, example: torch.Tensor, out_path: Path, quant: QuantPlan | None,
                 calibration: Sequence[torch.Tensor]) -> Artifact:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -26,24 +28,27 @@ def count_macs(model: nn.Module, example_input: torch.Tensor, *, per_layer: bool
     288
     """
     counts: dict[str, int] = {}
-    hooks = []
 
-    def conv_hook(name: str):
-        def hook(mod: nn.Conv2d, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-            kh, kw = mod.kernel_size
-            counts[name] = counts.get(name, 0) + out.numel() * (mod.in_channels // mod.groups) * kh * kw
-        return hook
+    def hook(name: str):
+        def fn(mod: nn.Module, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            counts[name] = counts.get(name, 0) + layer_macs(mod, out)
+        return fn
 
-    def linear_hook(name: str):
-        def hook(mod: nn.Linear, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-            counts[name] = counts.get(name, 0) + out.numel() * mod.in_features
-        return hook
+    forward_with_layer_hooks(model, example_input, hook)
+    return dict(counts) if per_layer else sum(counts.values())
 
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.Conv2d):
-            hooks.append(mod.register_forward_hook(conv_hook(name)))
-        elif isinstance(mod, nn.Linear):
-            hooks.append(mod.register_forward_hook(linear_hook(name)))
+
+def layer_macs(mod: nn.Module, out: torch.Tensor) -> int:
+    """MACs of one ``nn.Conv2d`` or ``nn.Linear`` call that produced ``out``."""
+    if isinstance(mod, nn.Conv2d):
+        kh, kw = mod.kernel_size
+        return out.numel() * (mod.in_channels // mod.groups) * kh * kw
+    return out.numel() * mod.in_features
+
+
+def forward_with_layer_hooks(model: nn.Module, example_input: torch.Tensor, hook: Callable[[str], Callable[..., None]]) -> None:
+    """One no-grad eval-mode forward pass with ``hook(name)`` on every Conv2d/Linear; mode and hooks restored."""
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
     was_training = model.training
     try:
         model.eval()
@@ -51,6 +56,5 @@ def count_macs(model: nn.Module, example_input: torch.Tensor, *, per_layer: bool
             model(example_input)
     finally:
         model.train(was_training)
-        for h in hooks:
+        for h in handles:
             h.remove()
-    return dict(counts) if per_layer else sum(counts.values())

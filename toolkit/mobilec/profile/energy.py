@@ -161,31 +161,20 @@ def layer_work_from_model(model: Any, example_input: Any, *, weight_bits: int = 
     import torch
     from torch import nn
 
+    from mobilec.models.stats import forward_with_layer_hooks, layer_macs
+
     floating = (weight_bits > 8 or activation_bits > 8) if floating is None else floating
     works: list[LayerWork] = []
 
     def hook(name: str):
         def fn(mod: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-            if isinstance(mod, nn.Conv2d):
-                kh, kw = mod.kernel_size
-                macs = out.numel() * (mod.in_channels // mod.groups) * kh * kw
-            else:
-                macs = out.numel() * mod.in_features
+            macs = layer_macs(mod, out)
             works.append(LayerWork(name, macs=int(macs), weight_bits=weight_bits, activation_bits=activation_bits,
                                    weight_params=int(mod.weight.numel()), activation_elems=int(inp[0].numel() + out.numel()),
                                    floating=floating))
         return fn
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    forward_with_layer_hooks(model, example_input, hook)
     return works
 
 
