@@ -171,17 +171,19 @@ def test_app_run_with_battery_energy(fake, model, tmp_path):
 
 
 def test_power_rails_on_a_pixel(fake, model, tmp_path):
-    fake.use("pixel8_rails", app={"installed": True, "latency_ms": 2.0, "jitter_ms": 0.1, "run_s": 0.8})
+    # 20 runs of 100 ms fill the 2 s timed window: long enough for several meter readings on a loaded CI host
+    fake.use("pixel8_rails", app={"installed": True, "latency_ms": 100.0, "jitter_ms": 0.1, "run_s": 2.0})
     dev = get_device("adb")
     assert dev.profile.name == "pixel-8"  # chosen from ro.product.model
     prof = _profile(tmp_path, energy_method="power_stats", sample_hz=20.0, repetitions=1)
     m = get_device("adb", str(prof), poll_s=0.05).run(model, runs=20, warmup=2, threads=1)
-    # the stand-in's big-core rail draws 600 mW more during the 0.8 s timed window: 600 x 0.8 / 20 = 24 mJ
+    # the stand-in's big-core rail draws 600 mW more during the 2 s timed window: 600 x 2 / 20 = 60 mJ
     # (readings ~0.05 s apart; linear interpolation blurs each window edge by at most 600 mW x gap / 4)
     assert m.energy.kind == "measured" and "PowerStats" in m.energy.method
-    assert m.energy.mj_per_inference == pytest.approx(24.0, rel=0.15)
     w = m.energy.details["windows"][0]
-    assert w["cut"] and w["idle_mj"] / w["idle_s"] == pytest.approx(75.0, rel=0.05)  # the rails' idle draw
+    assert w["cut"], m.energy.flags  # the readings covered the timed window, so the energy was cut to it
+    assert m.energy.mj_per_inference == pytest.approx(60.0, rel=0.1)
+    assert w["idle_mj"] / w["idle_s"] == pytest.approx(75.0, rel=0.05)  # the rails' idle draw
 
 
 def test_refuses_energy_while_charging(fake, model, tmp_path):
