@@ -212,3 +212,60 @@ def test_omp_warm_start_refits_the_support_from_partition_centroids(data) -> Non
         MetaEmbedLightGCN(data, dim=8, layers=1, c1=8, t=3, partition="spectral", select="topk")
     with pytest.raises(ValueError, match="select"):
         C2FCoarse(select="topk")
+
+
+def test_fine_init_is_nonzero_and_tau_follows_the_codebook_scale(data) -> None:
+    """SparsePCA runs on RMS-normalised rows and a relative tau follows the init: no scale empties the fine codebook."""
+    scales = {}
+    for scale in (1e-3, 1.0, 1e3):
+        m = MetaEmbedLightGCN(data, dim=12, layers=1, c1=6, t=2, partition="spectral")
+        with torch.no_grad():
+            m.coarse.mul_(scale)
+        info = m.start_fine(data, c2=4, k2=2, tau=0.5, tau_relative=True, n_components=3, partition="spectral")
+        values = m.fine.detach().abs()[m.fine.detach() != 0]
+        assert info["init_nonzeros"] == values.numel() > 0
+        assert info["init_scale"] == pytest.approx(float(np.median(values.numpy())), rel=1e-5)
+        assert m.tau == pytest.approx(0.5 * info["init_scale"])
+        assert 0 < info["nonzeros"] == m.fine_nonzeros() < info["init_nonzeros"]  # about half survive the threshold
+        assert m.memory()["fine_codebook_sparse"] == m.fine_nonzeros() * 5 + (4 + 1) * 4
+        scales[scale] = (info["init_scale"], info["nonzeros"])
+    assert scales[1e3][0] == pytest.approx(1e6 * scales[1e-3][0], rel=1e-3)  # the init follows the codebook's scale
+    assert scales[1e3][1] == scales[1.0][1] == scales[1e-3][1]  # and so does what the threshold keeps
+
+
+def test_a_tau_that_zeroes_the_fine_codebook_is_an_error(data) -> None:
+    m = MetaEmbedLightGCN(data, dim=12, layers=1, c1=6, t=2, partition="spectral")
+    with pytest.raises(MobilecError, match=r"zeroes the whole fine codebook at init.*no-op"):
+        m.start_fine(data, c2=4, k2=2, tau=1e6, n_components=3, partition="spectral")
+    with pytest.raises(MobilecError, match=r"zeroes the whole fine codebook"):
+        m.start_fine(data, c2=4, k2=2, tau=50.0, tau_relative=True, n_components=3, partition="spectral")
+    with pytest.raises(MobilecError, match=r"SparsePCA .* zeroed every fine code"):
+        m.start_fine(data, c2=4, k2=2, tau=0.0, n_components=3, partition="spectral", sparse_alpha=1e6)
+    assert m.stage == "coarse" and m.fine is None  # a refused start leaves the coarse model as it was
+
+
+def test_fine_pass_picks_tau_on_validation_and_restores_that_trial(data, tmp_path: Path) -> None:
+    from mobilec.recsys.metrics import evaluate_embeddings
+
+    ref = build_lightgcn(data, dim=8, layers=2)
+    ctx = _ctx(data, tmp_path, teacher=ref)
+    coarse = C2FCoarse(c1=6, partition="spectral", refresh=False, **FAST).apply(ref, ctx)
+    fine = C2FFine(c2=4, k2=2, n_components=3, partition="spectral", tau_relative=True, tau_grid=(0.0, 0.5), **FAST).apply(coarse, ctx)
+    s = ctx.report.passes[-1].summary
+    trials = s["tau_trials"]
+    assert [t["tau_given"] for t in trials] == [0.0, 0.5] and all(t["nonzeros"] > 0 for t in trials)
+    best = max(trials, key=lambda t: t["best_valid"])
+    assert fine.tau == pytest.approx(best["tau"]) and s["fine_nonzeros"] == fine.fine_nonzeros() == best["nonzeros"]
+    valid = evaluate_embeddings(*fine.final_embeddings(), data, "valid")["recall@20"]
+    assert valid == pytest.approx(best["best_valid"]) == pytest.approx(s["valid_recall_fine"])
+    assert s["fine_codebook_bytes"] == s["fine_nonzeros"] * 5 + 5 * 4
+    assert s["trained_embedding_bytes"] == s["memory"]["total"] > s["served_embedding_bytes"]
+
+
+def test_fine_pass_refuses_to_end_with_an_empty_fine_codebook(data, tmp_path: Path, monkeypatch) -> None:
+    ref = build_lightgcn(data, dim=8, layers=2)
+    ctx = _ctx(data, tmp_path, teacher=ref)
+    coarse = C2FCoarse(c1=6, partition="spectral", refresh=False, **FAST).apply(ref, ctx)
+    monkeypatch.setattr(MetaEmbedLightGCN, "fine_nonzeros", lambda self: 0)  # as if training pushed every value under tau
+    with pytest.raises(MobilecError, match=r"fine codebook ended with no non-zeros .*no-op"):
+        C2FFine(c2=4, k2=2, n_components=3, partition="spectral", **FAST).apply(coarse, ctx)

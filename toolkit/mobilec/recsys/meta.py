@@ -287,36 +287,69 @@ class MetaEmbedLightGCN(GraphHolder, nn.Module):
 
     def start_fine(
         self, data: Any, *, c2: int, k2: int = 4, tau: float = 0.01, gate: float = 0.2, n_components: int = 16,
-        sparse_alpha: float = 1.0, partition: str = "metis", compensate: bool = True,
-    ) -> None:
+        sparse_alpha: float = 1.0, partition: str = "metis", compensate: bool = True, tau_relative: bool = False,
+    ) -> dict[str, float]:
         """Freeze E_c and add the fine codebook E_r (SparsePCA init) and the coarse-to-fine links S2.
+
+        SparsePCA runs on the sampled E_c rows divided by their RMS, so ``sparse_alpha`` does not
+        depend on the codebook's scale (its L1 term scales linearly, the fit term quadratically:
+        on the raw rows of a warm-started ML-100k codebook, RMS 0.15, alpha = 1 zeroed every
+        component); the codes are scaled back. ``tau_relative``: ``tau`` is a fraction of the
+        median |value| of the initial non-zeros (else an absolute threshold).
+
+        The soft threshold has zero gradient wherever ``|E_r| <= tau`` (and at exactly 0), so an
+        entry below the threshold never comes back: a threshold above every initial value would
+        leave the fine stage a no-op, which is an error here.
 
         ``compensate`` divides the frozen E_c by (1 - gate) once, so that bridging does not
         shrink the trained coarse codebook (without it the bridged start loses most of the
         coarse stage's accuracy; observed on ML-100k).
+
+        Returns the init statistics: ``tau`` (absolute), ``init_scale`` (median |non-zero|),
+        ``init_nonzeros`` (before the threshold) and ``nonzeros`` (after it).
         """
         check_codebook(c2, k2, self.c1, "c2", links_name="k2", links_limit_name="c1")
         if not 0.0 <= gate <= 1.0 or tau < 0:
             raise MobilecError(f"gate {gate} must lie in [0, 1] and tau {tau} must be >= 0", hint="the method uses gate 0.2")
         if not 1 <= n_components <= self.dim:
             raise MobilecError(f"n_components {n_components} must lie in 1..{self.dim}", hint="e.g. n_components = 16")
+        if not sparse_alpha > 0:
+            raise MobilecError(f"sparse_alpha {sparse_alpha} must be > 0", hint="e.g. sparse_alpha = 1.0")
         from sklearn.decomposition import SparsePCA
 
         from mobilec.recsys.partition import partition_graph
 
         rng = np.random.default_rng(self.seed + 1)
-        rows = self.coarse.detach().numpy()[rng.choice(self.c1, c2, replace=True)]
-        codes = SparsePCA(n_components=n_components, alpha=sparse_alpha, random_state=self.seed, max_iter=200).fit_transform(rows)
+        rows = self.coarse.detach().numpy()[rng.choice(self.c1, c2, replace=True)].astype(np.float64)
+        rms = float(np.sqrt(np.mean(rows**2))) or 1.0
+        codes = SparsePCA(n_components=n_components, alpha=sparse_alpha, random_state=self.seed,
+                          max_iter=200).fit_transform(rows / rms) * rms
+        if not np.any(codes != 0):
+            raise MobilecError(
+                f"SparsePCA with sparse_alpha = {sparse_alpha} zeroed every fine code (c2 = {c2}, n_components = {n_components}):"
+                " the fine codebook would start at 0, where the soft threshold has no gradient",
+                hint="lower sparse_alpha (the rows are RMS-normalised; 1.0 or less)",
+            )
         fine = np.zeros((c2, self.dim), dtype=np.float32)
         for r in range(c2):  # the codes go into random dimensions, the rest stays zero
             fine[r, np.sort(rng.choice(self.dim, n_components, replace=False))] = codes[r]
+        init_scale = float(np.median(np.abs(fine[fine != 0])))
+        tau_abs = tau * init_scale if tau_relative else float(tau)
+        init_nnz = int((fine != 0).sum())
+        kept = int((np.abs(fine) > tau_abs).sum())
+        if kept == 0:
+            raise MobilecError(
+                f"tau = {tau_abs:.4g} zeroes the whole fine codebook at init (its {init_nnz} non-zeros have median |value|"
+                f" {init_scale:.4g}, max {float(np.abs(fine).max()):.4g}): the fine stage would be a no-op",
+                hint="lower tau, or give it relative to the init scale with tau_relative = true (e.g. tau = 0.25)",
+            )
         self.coarse.requires_grad_(False)
         self.s1_weight.requires_grad_(False)
         if compensate and gate < 1.0:  # Ê_c = g S2 Ê_r + (1 - g) E_c starts at E_c + g S2 Ê_r, not at (1 - g) E_c
             with torch.no_grad():
                 self.coarse.div_(1.0 - gate)
         self.fine = nn.Parameter(torch.as_tensor(fine))
-        self.c2, self.k2, self.tau, self.gate = c2, k2, float(tau), float(gate)
+        self.c2, self.k2, self.tau, self.gate = c2, k2, tau_abs, float(gate)
         # S2 init: coarse row j links to the fine clusters its members fall into (softmax over co-membership)
         fine_parts = torch.as_tensor(partition_graph(data, c2, method=partition, seed=self.seed + 1))
         co = torch.zeros(self.c1, c2)
@@ -327,6 +360,22 @@ class MetaEmbedLightGCN(GraphHolder, nn.Module):
         self.register_buffer("s2_weight", vals)
         self.stage = "fine"
         self.rebuild_graph()
+        return {"tau": tau_abs, "init_scale": init_scale, "init_nonzeros": init_nnz, "nonzeros": kept}
+
+    def to_coarse(self, state: dict[str, torch.Tensor]) -> None:
+        """Undo :meth:`start_fine`: drop E_r and S2 and load a coarse-stage ``state`` (to try another fine setting)."""
+        for name in ("fine", "s2_index", "s2_weight"):
+            self._parameters.pop(name, None)
+            self._buffers.pop(name, None)
+        self.fine = None
+        self.stage, self.tau, self.gate, self.c2, self.k2 = "coarse", 0.0, 0.0, 0, 0
+        self.coarse.requires_grad_(True)
+        self.s1_weight.requires_grad_(self.learn_weights)
+        self.restore_state(state)
+
+    def fine_nonzeros(self) -> int:
+        """Non-zeros of the thresholded fine codebook Ê_r (0 before the fine stage)."""
+        return 0 if self.fine is None else int((self.sparse_fine() != 0).sum())
 
     def refresh_fine_assignment(self) -> dict[str, float]:
         """S2 <- per-row top-k2 of softmax(P1^T P2), P1 = H_full pinv(H_c), P2 = H_full pinv(H_r)."""
@@ -348,8 +397,7 @@ class MetaEmbedLightGCN(GraphHolder, nn.Module):
             "s1": assignment_bytes(self.n_entities, self.t, self.c1),
         }
         if self.stage == "fine":
-            nnz = int((self.sparse_fine() != 0).sum())
-            out["fine_codebook_sparse"] = nnz * (4 + index_bytes(self.dim)) + (self.c2 + 1) * 4  # CSR
+            out["fine_codebook_sparse"] = fine_codebook_bytes(self.fine_nonzeros(), self.c2, self.dim)
             out["s2"] = assignment_bytes(self.c1, self.k2, self.c2)
         out["total"] = sum(out.values())
         return out
@@ -440,6 +488,11 @@ class HashLightGCN(GraphHolder, nn.Module):
 def index_bytes(n_cols: int) -> int:
     """Bytes of one column index: int8 (index - 128) up to 256 columns, int16 up to 32767, else int32."""
     return 1 if n_cols <= 256 else 2 if n_cols <= 32767 else 4
+
+
+def fine_codebook_bytes(nonzeros: int, rows: int, dim: int) -> int:
+    """The sparse fine codebook in CSR: fp32 value + column index per non-zero, int32 row pointers."""
+    return nonzeros * (4 + index_bytes(dim)) + (rows + 1) * 4
 
 
 def assignment_bytes(n_rows: int, t: int, n_cols: int) -> int:
