@@ -91,3 +91,18 @@ def test_bad_files_and_weights_are_clear_errors(tsv: Path, weights: Path, tmp_pa
     with pytest.raises(MobilecError, match="executorch and tflite, not onnx"):
         api.export("c2f", model="lightgcn", weights=weights, data=f"interactions:{tsv}", targets="onnx", out=tmp_path / "e",
                    show_progress=False)
+
+
+def test_c2f_fine_stage_report_states_tau_nonzeros_and_bytes(tsv: Path, weights: Path, tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, '[[passes]]\ntype = "c2f_coarse"\nc1 = 8\nt = 2\npartition = "spectral"\nrefresh = false\n' + FAST
+                     + '[[passes]]\ntype = "c2f_fine"\nc2 = 4\nk2 = 2\nn_components = 3\npartition = "spectral"\n'
+                       'tau_relative = true\ntau_grid = [0.0, 0.5]\n' + FAST.replace("refresh_epochs = 2\n", ""))
+    run = api.export(str(recipe), model="lightgcn", weights=weights, data=f"interactions:{tsv}", out=tmp_path / "run",
+                     show_progress=False)
+    rep = json.loads((tmp_path / "run" / "report.json").read_text())
+    s = rep["passes"][1]["summary"]
+    assert run.ok and s["fine_nonzeros"] > 0 and len(s["tau_trials"]) == 2
+    note = next(n for n in rep["notes"] if n.startswith("fine stage:"))
+    assert f"keeps {s['fine_nonzeros']} non-zeros ({s['fine_codebook_bytes']} bytes as CSR)" in note
+    assert "picked on validation Recall@20 from 2 trials" in note and f"{s['trained_embedding_bytes']} bytes" in note
+    assert "fine_nonzeros" in (tmp_path / "run" / "report.md").read_text()

@@ -112,6 +112,8 @@ def export_recommender_run(
     report.notes.append("recommender: 'original' and 'compressed_eager' accuracy are Recall@20 on the test split (full ranking, "
                         "train and validation items excluded) of the full table and of the served form")
     report.notes += memory_notes(form, inter, dim, rec)
+    if "c2f_fine" in ctx.extras:
+        report.notes.append(fine_stage_note(ctx.extras["c2f_fine"], rec))
     out = export_recommender(compressed, inter, out_dir, targets, k=TOP_K, verify=rec.verify)
     for record in out["artifacts"]:
         v = record["verification"]  # the columns the report's artifact table shows
@@ -124,6 +126,23 @@ def export_recommender_run(
     report.write(out_dir)
     ok = not out["failures"] and len(out["artifacts"]) == len(targets)
     return RunResult(out_dir=out_dir, report=report, ok=ok, artifacts=out["artifacts"])
+
+
+def fine_stage_note(summary: dict[str, Any], rec: Any) -> str:
+    """The report's statement of what the C2F fine stage kept: threshold, non-zeros and their bytes."""
+    trials = summary.get("tau_trials", [])
+    picked = (f" (picked on validation Recall@20 from {len(trials)} trials: "
+              + ", ".join(f"tau {t['tau']:.4g} -> {t['best_valid']:.4f}, {t['nonzeros']} non-zeros" for t in trials) + ")"
+              if len(trials) > 1 else "")
+    budgets = [getattr(p, "budget_bytes", None) for p in rec.passes]
+    budget = next((b for b in budgets if b is not None), None)
+    return (f"fine stage: tau {summary['tau']:.4g}{picked}; the fine codebook keeps {summary['fine_nonzeros']} non-zeros "
+            f"({summary['fine_codebook_bytes']} bytes as CSR) and S2 takes {summary['s2_bytes']} bytes; the trained model holds "
+            f"{summary['trained_embedding_bytes']} bytes of embeddings"
+            + (f" (budget {budget} bytes)" if budget is not None else "")
+            + f", the served form {summary['served_embedding_bytes']} (it is fitted on the propagated, bridged coarse codebook, "
+            f"so the fine codebook reaches the device through it); validation Recall@20 {summary['valid_recall_coarse']:.4f} "
+            f"after the coarse stage, {summary['valid_recall_fine']:.4f} after the fine stage")
 
 
 def memory_notes(form: Any, data: Any, dim: int, rec: Any) -> list[str]:
