@@ -114,7 +114,10 @@ def test_profit_pass_end_to_end(tmp_path: Path) -> None:
     n = len(convs)
     assert len(summary["frozen_phase2"]) == n // 3 and len(summary["frozen_phase3"]) == (2 * n) // 3
     assert summary["frozen_phase3"][: n // 3] == summary["frozen_phase2"]
-    assert summary["holdout_accuracy"]["selected"] in ("raw", "ema") and summary["holdout_accuracy"]["n"] == 200
+    ho = summary["holdout_accuracy"]
+    assert ho["selected"] in ("raw", "ema") and ho["n"] == 200
+    assert ho["folded"] == ho[ho["selected"]], "the last phases trained the folded model: folding changes nothing"
+    assert summary["fold_phases"] == 3 and "BN folded" in summary["phases"][-4]["name"]
     assert Path(summary["aiwq_plot"]).read_bytes()[:4] == b"\x89PNG"
     assert summary["steps"] == 2 * (2 + 4 + 2) + (2 + 4 + 2) + 2 + 4 + 3 * 6 + 2
     assert ctx.lowering is not None and ctx.extras["duq"]["weight_bits"] == 4

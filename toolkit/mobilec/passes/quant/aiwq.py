@@ -78,7 +78,7 @@ class AIWQMeter:
                 prev = self._prev.get(name)
                 if prev is not None and layer._qin is not None:
                     y_old = layer.conv(layer._qin, prev)
-                    if layer.out_scale is None:  # the forward output is conv(x, W_q) (+ bias)
+                    if layer.out_scale is None and not layer.train_folded:  # the output is conv(x, W_q) (+ bias)
                         y = output.detach()
                         if layer.bias is not None:
                             y_old = y_old + layer.bias.detach().view(1, -1, 1, 1)

@@ -205,7 +205,12 @@ def build_deploy_module(model: fx.GraphModule, *, fold_weights: bool = True) -> 
         # weights: codes k (−n..n) × per-channel scale |c_w/n · g · c_a/a_a|, sign of g moved into the codes
         codes = layer.weight_q.codes(layer.weight)
         c_w = layer.weight_q.c().detach()
-        g = cast(torch.Tensor, layer.out_scale)
+        g_fold = g = cast(torch.Tensor, layer.out_scale)
+        # a channel with g = 0 (constant; see QConv2d.attach_bn) stores zero codes at scale g = 1: the
+        # runtime's int32 bias step is then the accumulator step the fold snapped its bias to
+        dead = (g == 0).view([-1] + [1] * (codes.dim() - 1))
+        codes = codes.masked_fill(dead, 0)
+        g = torch.where(g == 0, torch.ones_like(g), g)
         s = (c_w / layer.weight_q.levels) * g * (layer.act_q.c().detach() / layer.act_q.a().detach())
         s = s.expand(codes.shape[0])
         sign = torch.where(s < 0, -1, 1)
@@ -213,7 +218,7 @@ def build_deploy_module(model: fx.GraphModule, *, fold_weights: bool = True) -> 
         scales = s.abs()
         scales = torch.where(scales > 0, scales, torch.ones_like(scales))  # an all-zero channel: any scale
         wq = layer.quantized_weight().detach()
-        bias = cast(torch.Tensor, layer.bias).detach() - layer.act_q.offset * g * wq.reshape(wq.shape[0], -1).sum(1)
+        bias = cast(torch.Tensor, layer.bias).detach() - layer.act_q.offset * g_fold * wq.reshape(wq.shape[0], -1).sum(1)
         kw = dict(in_q=None if name in on_grid else in_grid, out_q=out, clamp=clamp, codes=codes,
                   scales=scales, bias=bias, fold_weights=fold_weights)
         deploy: _DeployLayer = DeployConv2d(layer, **kw) if isinstance(layer, QConv2d) else DeployLinear(**kw)

@@ -59,6 +59,7 @@ class DuQTraining(Pass):
     bn_steps: int = 10
     sample_steps: int = 30
     phase_steps: int = 60
+    fold_phases: int = 3  # the last N of the three final phases train with BN folded as exported; 0 = fold after training
     lr: float = 0.01
     batch_size: int = 64
     weight_decay: float = 2e-5
@@ -95,6 +96,8 @@ class DuQTraining(Pass):
             raise ValueError("step counts and max_train_samples must be >= 0")
         if self.phase_steps < 1:
             raise ValueError("phase_steps must be at least 1")
+        if not 0 <= self.fold_phases <= 3:
+            raise ValueError("fold_phases must be 0..3 (how many of the three final phases train with BatchNorm folded)")
         if not self.lr > 0 or self.batch_size < 1 or self.weight_decay < 0 or self.quant_lr_scale < 0:
             raise ValueError("need lr > 0, batch_size >= 1, weight_decay >= 0, quant_lr_scale >= 0")
         if not 0 <= self.warmup < 1 or not 0 <= self.ema_decay < 1:
@@ -169,11 +172,24 @@ class DuQTraining(Pass):
         ranking = broadcast_object(meter.ranking(), dist)
         aiwq = broadcast_object(meter.values, dist)
         top, mid = freeze_groups(ranking) if self.progressive_freezing else ([], [])
-        run(f"W{bits} phase 1 (all layers train)", self.phase_steps)
-        run(f"W{bits} phase 2" + (f" ({len(top)} layers frozen)" if self.progressive_freezing else ""),
-            self.phase_steps, frozen=set(top))
-        run(f"W{bits} phase 3" + (f" ({len(top) + len(mid)} layers frozen)" if self.progressive_freezing else ""),
-            self.phase_steps, frozen=set(top) | set(mid))
+
+        def fold_before(phase: int) -> str:
+            # the QAT fold: from here on the model that trains is the model that is exported
+            if self.fold_phases and phase == 4 - self.fold_phases:
+                qm_.fold_batchnorm(qmodel, trainable=True)
+                trainer.reset_ema()  # the EMA restarts on the folded parameters
+                return ", BN folded"
+            return ""
+
+        tag = fold_before(1)
+        run(f"W{bits} phase 1 (all layers train{tag})", self.phase_steps)
+        tag = fold_before(2)
+        run(f"W{bits} phase 2 (" + (f"{len(top)} layers frozen" if self.progressive_freezing else "all layers train")
+            + f"{tag})", self.phase_steps, frozen=set(top))
+        tag = fold_before(3)
+        run(f"W{bits} phase 3 (" + (f"{len(top) + len(mid)} layers frozen" if self.progressive_freezing else "all layers train")
+            + f"{tag})", self.phase_steps, frozen=set(top) | set(mid))
+        # with BN folded this re-fits gamma/beta and the quantizers (statistics stay frozen)
         run(f"W{bits} bn-stabilize 2", self.bn_steps, train_weights=False)
 
         # 5. raw or EMA, chosen on the train hold-out
@@ -187,7 +203,7 @@ class DuQTraining(Pass):
         qmodel = candidates[pick]
         broadcast_state(qmodel, dist)
         qmodel.cpu().eval()
-        qm_.fold_batchnorm(qmodel)
+        qm_.fold_batchnorm(qmodel)  # fixes the trainable fold (same numbers) or folds now (fold_phases = 0)
         summary["holdout_accuracy"] = {**{k: round(v, 5) for k, v in scores.items()},
                                        "selected": pick, "n": len(y_ho)}
         if len(y_ho):
@@ -199,6 +215,7 @@ class DuQTraining(Pass):
             weight_bits=self.weight_bits, act_bits=self.act_bits, first_last_bits=self.first_last_bits or None,
             first_last_layers=[n for n, lp in plan.layers.items() if lp.role != "body"],
             per_channel_weights=self.per_channel_weights, n_train=len(y_tr), steps=trainer.total_steps,
+            fold_phases=self.fold_phases, constant_channels=dict(plan.constant_channels),
             train_seconds=round(sum(p["seconds"] for p in phases), 1),
             mean_step_seconds=round(sum(step_times) / max(len(step_times), 1), 4),
             processes=dist.world, phases=phases, aiwq={k: float(v) for k, v in aiwq.items()},

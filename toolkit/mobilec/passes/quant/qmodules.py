@@ -49,12 +49,92 @@ class _QLayer(nn.Module):
         self.weight_q = DuQuantizer("signed", weight_bits, channels=out if per_channel else None, ch_axis=0)
         self.act_cap = act_cap
         self.register_buffer("out_scale", None)  # per-output-channel BN scale once BN is folded in
+        # BatchNorm folded in for training (see fold_batchnorm(trainable=True)): gamma/beta learn, statistics frozen
+        self.register_parameter("bn_weight", None)
+        self.register_parameter("bn_bias", None)
+        self.register_buffer("bn_mean", None)
+        self.register_buffer("bn_var", None)
+        self.register_buffer("bn_const", None)  # channels whose integer accumulator is constant: scale 0
+        self.bn_eps = 1e-5
+        self.train_folded = False  # forward = folded BN with the bias on the accumulator grid, as exported
         self.keep_qinput = False  # AIWQ asks for the quantized input of the current step
         self._qin: torch.Tensor | None = None
 
     @property
     def folded(self) -> bool:
         return self.out_scale is not None
+
+    @torch.no_grad()
+    def attach_bn(self, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> int:
+        """Take over ``bn`` (its module is then replaced by Identity): gamma/beta stay learnable, the
+        running statistics are frozen. Returns the number of constant channels.
+
+        A channel whose conv output has a standard deviation below half a unit of the integer
+        accumulator (e.g. its input is a dead ReLU channel) computes a constant in integer
+        arithmetic; BatchNorm would scale it by gamma/sqrt(eps), which only coarsens the int32
+        bias grid (step input_step·weight_step·scale). Its scale becomes 0 and its output the
+        constant beta, which is what BatchNorm gives on the data it saw.
+        """
+        out = self.weight.shape[0]
+        gamma = bn.weight.detach().clone() if bn.weight is not None else torch.ones(out)
+        beta = bn.bias.detach().clone() if bn.bias is not None else torch.zeros(out)
+        if bn.weight is not None:
+            self.bn_weight = nn.Parameter(gamma)
+            self.bn_bias = nn.Parameter(beta)
+        else:  # affine=False: nothing to learn
+            self.bn_weight, self.bn_bias = gamma, beta
+        assert bn.running_mean is not None and bn.running_var is not None
+        self.bn_mean = bn.running_mean.detach().clone()
+        self.bn_var = bn.running_var.detach().clone()
+        self.bn_eps = float(bn.eps)
+        unit = (self.act_q.c() / self.act_q.levels * self.weight_q.c() / self.weight_q.levels).detach()
+        self.bn_const = self.bn_var.clamp_min(0).sqrt() < 0.5 * unit.expand(out)
+        self.train_folded = True
+        return int(self.bn_const.sum())
+
+    def folded_scale_bias(self, wq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-channel output scale ``g`` and the bias on the integer accumulator grid (straight-through).
+
+        ``g = gamma/sqrt(var + eps)`` (0 on constant channels), ``b = beta + g·(bias - mean)``, then
+        ``b`` snapped to multiples of the accumulator step (input step × weight step × |g|; × 1 where
+        g = 0), the h-swish offset's share ``(3/8)·g·ΣW_q`` kept exact. The export uses these values.
+        """
+        out = self.weight.shape[0]
+        if self.bn_var is not None:
+            assert self.bn_weight is not None and self.bn_bias is not None and self.bn_const is not None
+            g = self.bn_weight / torch.sqrt(self.bn_var + self.bn_eps)
+            g = g.masked_fill(self.bn_const, 0.0)
+            b0 = self.bias if self.bias is not None else torch.zeros_like(g)
+            b = self.bn_bias + g * (b0 - self.bn_mean)
+        else:
+            g = self.weight.new_ones(out)
+            b = self.bias if self.bias is not None else self.weight.new_zeros(out)
+        with torch.no_grad():
+            lsb = accumulator_lsb(self, g)
+            w = wq if wq is not None else self.quantized_weight()
+            shift = self.act_q.offset * g.detach() * w.detach().reshape(out, -1).sum(1)
+            snapped = torch.round((b.detach() - shift) / lsb) * lsb + shift
+        return g, b + (snapped - b.detach())
+
+    @torch.no_grad()
+    def freeze_fold(self) -> None:
+        """Fix the folded scale and snapped bias as buffers/constants (what the lowering reads)."""
+        g, b = self.folded_scale_bias()
+        self.out_scale = g.detach().clone()
+        self.bias = nn.Parameter(b.detach().clone(), requires_grad=False)
+        self.bn_weight = self.bn_bias = None
+        self.bn_mean = self.bn_var = self.bn_const = None
+        self.train_folded = False
+
+    def _affine(self, y: torch.Tensor, wq: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        if self.train_folded:
+            g, b = self.folded_scale_bias(wq)
+            return y * g.view(shape) + b.view(shape)
+        if self.out_scale is not None:
+            y = y * self.out_scale.view(shape)
+        if self.bias is not None:
+            y = y + self.bias.view(shape)
+        return y
 
     def quantized_weight(self) -> torch.Tensor:
         return self.weight_q(self.weight)
@@ -90,12 +170,8 @@ class QConv2d(_QLayer):
         return F.conv2d(x, w, None, self.stride, self.padding, self.dilation, self.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(self._quant_input(x), self.quantized_weight())
-        if self.out_scale is not None:
-            y = y * self.out_scale.view(1, -1, 1, 1)
-        if self.bias is not None:
-            y = y + self.bias.view(1, -1, 1, 1)
-        return y
+        wq = self.quantized_weight()
+        return self._affine(self.conv(self._quant_input(x), wq), wq, (1, -1, 1, 1))
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -114,12 +190,8 @@ class QLinear(_QLayer):
         self._init_quant(act_kind, act_bits, weight_bits, per_channel, act_cap)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(self._quant_input(x), self.quantized_weight())
-        if self.out_scale is not None:
-            y = y * self.out_scale
-        if self.bias is not None:
-            y = y + self.bias
-        return y
+        wq = self.quantized_weight()
+        return self._affine(F.linear(self._quant_input(x), wq), wq, (1, -1))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, folded={self.folded}"
@@ -158,6 +230,7 @@ class DuQPlan:
     first_last_bits: int | None = None
     per_channel: bool = False
     folded: bool = False
+    constant_channels: dict[str, int] = field(default_factory=dict)  # per layer, see QConv2d.attach_bn
     notes: list[str] = field(default_factory=list)
 
 
@@ -604,13 +677,21 @@ def quantizer_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for n, p in model.named_parameters() if n.endswith(".a_raw") or n.endswith(".c_raw")]
 
 
-# ----------------------------------------------------------------------------- freezing
-def accumulator_lsb(layer: QConv2d | QLinear) -> torch.Tensor:
-    """Per-output-channel value of one unit of the integer accumulator (input step × weight step × BN scale)."""
+# ----------------------------------------------------------------------------- folding
+def accumulator_lsb(layer: QConv2d | QLinear, g: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-output-channel value of one unit of the integer accumulator (input step × weight step × |g|).
+
+    ``g`` is the folded BN scale (default: the layer's ``out_scale``, else 1); a channel with g = 0
+    (a constant channel, its weights exported as zeros) uses 1, as the lowering does.
+    """
     s_in = layer.act_q.c() / layer.act_q.levels
     s_w = layer.weight_q.c() / layer.weight_q.levels
-    g = layer.out_scale if layer.out_scale is not None else torch.ones(layer.weight.shape[0])
-    return (s_in * s_w * g).abs().detach().expand(layer.weight.shape[0]).clone()
+    out = layer.weight.shape[0]
+    if g is None:
+        g = layer.out_scale if layer.out_scale is not None else torch.ones(out)
+    g = g.detach().abs()
+    g = torch.where(g > 0, g, torch.ones_like(g))
+    return (s_in * s_w * g).abs().detach().expand(out).clone()
 
 
 def weight_sum(layer: QConv2d | QLinear) -> torch.Tensor:
@@ -620,11 +701,17 @@ def weight_sum(layer: QConv2d | QLinear) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fold_batchnorm(model: fx.GraphModule) -> fx.GraphModule:
-    """Fold each layer's BatchNorm into it and put every bias on the integer accumulator grid.
+def fold_batchnorm(model: fx.GraphModule, *, trainable: bool = False) -> fx.GraphModule:
+    """Fold each layer's BatchNorm into it with every bias on the integer accumulator grid.
 
-    Returns the same (modified) model; BN modules become ``Identity``. After this the eager
-    model computes exactly what the integer artifact computes (see ``lowering.py``).
+    ``trainable=True`` is the QAT fold used for the last training phases: the BN modules become
+    ``Identity``, each layer keeps gamma/beta as parameters and the running statistics frozen,
+    and its forward is already the exported arithmetic (folded scale, bias snapped to the
+    accumulator grid with a straight-through gradient). The default (final) fold then fixes
+    the scale and the bias; after it the eager model computes exactly what the integer artifact
+    computes (see ``lowering.py``), and equals the trainable-fold forward in eval mode.
+    Returns the same (modified) model; the number of constant channels per layer is in
+    ``duq_plan(model).constant_channels``.
     """
     plan = duq_plan(model)
     if plan.folded:
@@ -634,24 +721,18 @@ def fold_batchnorm(model: fx.GraphModule) -> fx.GraphModule:
         if not (bool(layer.act_q.enabled) and bool(layer.weight_q.enabled)):
             raise MobilecError(f"layer {name!r} has a disabled quantizer; cannot fold", hint="finish the DuQ schedule first")
         lp = plan.layers[name]
-        out = layer.weight.shape[0]
-        g = torch.ones(out)
-        b = layer.bias.detach().clone() if layer.bias is not None else torch.zeros(out)
-        if lp.bn_node is not None:
-            bn = model.get_submodule(cast(str, nodes[lp.bn_node].target))
-            assert isinstance(bn, nn.BatchNorm1d | nn.BatchNorm2d)
-            std = torch.sqrt(bn.running_var + bn.eps)
-            gamma = bn.weight if bn.weight is not None else torch.ones(out)
-            beta = bn.bias if bn.bias is not None else torch.zeros(out)
-            g = gamma / std
-            b = g * b + beta - g * bn.running_mean
-            _set_module(model, cast(str, nodes[lp.bn_node].target), nn.Identity())
-        layer.out_scale = g.detach().clone()
-        lsb = accumulator_lsb(layer)
-        lsb = torch.where(lsb > 0, lsb, lsb[lsb > 0].mean() if (lsb > 0).any() else torch.ones_like(lsb))
-        shift = layer.act_q.offset * g * weight_sum(layer)  # the h-swish offset moves into the bias
-        snapped = torch.round((b - shift) / lsb) * lsb + shift
-        layer.bias = nn.Parameter(snapped.to(layer.weight.dtype), requires_grad=False)
-    plan.folded = True
+        if not layer.train_folded:
+            if lp.bn_node is not None:
+                target = cast(str, nodes[lp.bn_node].target)
+                bn = model.get_submodule(target)
+                assert isinstance(bn, nn.BatchNorm1d | nn.BatchNorm2d)
+                n_const = layer.attach_bn(bn)
+                if n_const:
+                    plan.constant_channels[name] = n_const
+                _set_module(model, target, nn.Identity())
+            layer.train_folded = True
+        if not trainable:
+            layer.freeze_fold()
+    plan.folded = not trainable
     model.recompile()
     return model
