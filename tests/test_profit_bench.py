@@ -57,7 +57,10 @@ def test_goals_use_the_artifact_accuracy_against_fp32() -> None:
     assert not goals["m/profit3bit>duq3bit/executorch"]["met"]
     assert not goals["m/qat_step_time_ratio"]["met"]
     md = b.render_markdown({"rows": rows, "goals": goals, "machine": {"description": "h"}, "step_time": {}})
-    assert "| profit4bit | executorch | 0.9180 |" in md and "**no**" in md
+    assert "| m/profit4bit/executorch | 0.2 | 0.5 | yes |" in md and "| m/duq4bit/executorch | 1.0 | 0.5 | **no** |" in md
+    rows_v2 = [{**r, "model": "mobilenet_v2"} for r in rows]  # a model with rows gets no "not run" line
+    md2 = b.render_markdown({"rows": rows_v2, "goals": {}, "machine": {"description": "h"}, "step_time": {}})
+    assert "mobilenet_v2: not run" in md and "mobilenet_v2: not run" not in md2
 
 
 def test_rows_merge_by_model_recipe_target(tmp_path: Path) -> None:
@@ -73,4 +76,10 @@ def test_rows_merge_by_model_recipe_target(tmp_path: Path) -> None:
     b._save(result, again, "h", args, write_json_atomic, write_text_atomic)
     saved = json.loads(out.read_text())
     assert [r["accuracy"] for r in saved["rows"] if r["target"] == "executorch"] == [0.91]
-    assert out.with_suffix(".md").is_file()
+    # the rows table is mobilec.bench_render's block, so `mobilec compare --bench ... --check` holds
+    from mobilec.bench_render import BEGIN, render_file
+
+    page = out.with_suffix(".md").read_text()
+    assert page.count(BEGIN) == 1 and page.index("## Goals") < page.index(BEGIN)
+    assert "| m | profit4bit |" in page or "| profit4bit |" in page
+    render_file(out, command=f"mobilec compare --bench {out}", check=True)
