@@ -273,11 +273,15 @@ def _lean(summary: dict[str, Any]) -> dict[str, Any]:
 
 def write_page(out: Path, res: dict[str, Any]) -> None:
     """OUT.md: the prose and tables below, then the block ``mobilec compare --bench OUT.json`` renders (its defaults)."""
-    from mobilec.bench_render import render_bench_cli
+    import os
+
+    from mobilec.bench_render import regenerate_command, render_file
     from mobilec.io import write_text_atomic
 
     write_text_atomic(out.with_suffix(".md"), render(res))
-    render_bench_cli(out.with_suffix(".json"), out=None, metric=None, size_key=None, latency_key=None, group_by=None, columns=None)
+    path = out.with_suffix(".json").resolve()
+    shown = Path(os.path.relpath(path, ROOT)) if path.is_relative_to(ROOT) else path  # as `--check` is run from the root
+    render_file(path, command=regenerate_command(shown, {}, None))
 
 
 def _row_name(r: dict[str, Any]) -> str:
