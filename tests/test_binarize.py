@@ -27,6 +27,7 @@ from mobilec.passes.binary_export import SIGN_SCALE, LoweredSign
 from mobilec.passes.prune import (
     PrunedQuantLinear,
     cubic_sparsity_schedule,
+    has_output_rounding,
     magnitude_mask,
     quantize_symmetric,
     sparse_storage_bytes,
@@ -251,14 +252,48 @@ def test_tac_pass_binarizes_convs_and_prunes_fc_exactly(digits_and_model, tmp_pa
     scale = float(f[3].out_qparams[0])
     t = f[7].act.threshold.detach().double() / scale - 0.5
     assert torch.allclose(t, t.round(), atol=1e-4)
-    # restructure + load round-trips
+    # the eager model rounds each int8 output where the artifact does: on the ReLU after each binary conv
+    # and fc1, in fc2 itself (the logits); the last epoch trained with those roundings
+    assert rec.summary["rounded_outputs"] == 4 and rec.summary["unrounded_outputs"] == 0
+    hooked = [n for n, m in model.named_modules() if has_output_rounding(m)]
+    assert hooked == ["features.5", "features.9", "classifier.2"]
+    last = rec.summary["phases"][-1]
+    assert last["phase"].endswith("int8 output roundings on") and last["epochs"] == 1
+    relu = f[5]
+    y = relu(torch.randn(2, 16, 4, 4))
+    s, zp = float(relu.out_qparams[0]), int(relu.out_qparams[1])
+    assert torch.allclose(y / s - zp, (y / s - zp).round(), atol=1e-3)  # on the grid
+    # restructure + load round-trips (thresholds, grids and roundings)
     again = restructure_like(TinyNet(), model.state_dict())
     again.load_state_dict(model.state_dict())
     again.eval()
     x = ds.x_test[:16]
     with torch.no_grad():
         assert torch.equal(again(x), model(x))
+    assert [n for n, m in again.named_modules() if has_output_rounding(m)] == hooked
     assert 0.0 <= ctx.evaluate(model) <= 1.0
+
+
+class _FunctionalReluBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = BinaryConv2d.from_conv(nn.Conv2d(4, 4, 3, padding=1, bias=False))
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(self.conv(x)))
+
+
+def test_an_output_the_eager_model_cannot_round_is_reported() -> None:
+    """A ReLU applied inside a block's forward (no module of its own) cannot carry the rounding: listed, not hidden."""
+    from mobilec.passes.binary_export import align_thresholds
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), _FunctionalReluBlock(), nn.Flatten(1),
+                          nn.Linear(4 * 8 * 8, 10)).eval()
+    batches = [torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    res = align_thresholds(model, (batches[0][:1],), batches)
+    assert res["unrounded"] == ["2.conv -> 2"] and res["rounded"] == []
+    assert float(model[2].conv.out_qparams[2]) == 0.0  # the grid is recorded, but not applied by the conv
 
 
 def test_binarize_all_and_keep_options(digits_and_model, tmp_path: Path) -> None:
@@ -282,3 +317,5 @@ def test_recipe_parameters_are_validated() -> None:
         TACPass.from_params({"fc_sparsity": 1.0}, where="r.toml")
     with pytest.raises(MobilecError, match="act_threshold"):
         BinarizeAllPass.from_params({"act_threshold": "median"}, where="r.toml")
+    with pytest.raises(MobilecError, match="epochs_grid"):
+        BinarizeAllPass.from_params({"epochs_grid": -1}, where="r.toml")

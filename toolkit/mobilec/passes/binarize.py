@@ -31,11 +31,14 @@ The details the paper leaves open, as chosen here:
 - **Training**: fine-tuning from the float model with distillation from ``ctx.teacher``
   (``(1−kd)·CE + kd·softCE``, T = 1), Adam by default; every schedule length is a parameter
   and ``train_images`` makes an "epoch" a fixed number of freshly drawn images.
-- **After training** (``align_thresholds = true``): the int8 grids of the artifact are fixed
-  from real batches; thresholds of binary inputs fed by an int8 output move (by ≤ half a step)
-  onto that grid's half-steps, and linear layers fake-quantize their input (and, for the
-  logits layer, their output) on the artifact's grids. The eager model then computes what the
-  artifact computes, except for binary inputs fed by residual sums or averages of int8 outputs.
+- **Eager = artifact** (``align_thresholds = true``): before the last ``epochs_grid`` epochs
+  the artifact's int8 output grids are fixed from real batches and the eager model rounds each
+  binary / low-bit layer's output to its grid where the artifact requantizes it (in the layer,
+  or by an ``OutputRounding`` hook on the BatchNorm / ReLU after it; saved with the state dict,
+  restored by :func:`restructure_like`), so those epochs train with the artifact's numerics.
+  After training, thresholds of binary inputs fed by an int8 output move (by ≤ half a step)
+  onto that grid's half-steps, and linear layers fake-quantize their input on the artifact's
+  grid. Residual sums of int8 outputs are then the same in both, too.
 
 Export: :mod:`mobilec.passes.binary_export` (``lower_binary``) lowers a binarized model to an
 int8 ExecuTorch/XNNPACK or LiteRT artifact; the pass hands it to the exporters through
@@ -64,6 +67,7 @@ from mobilec.passes.prune import (
     apply_grid,
     copy_layer_params,
     cubic_sparsity_schedule,
+    install_output_rounding,
     layer_stats,
     set_qparams,
 )
@@ -189,7 +193,7 @@ class BinaryConv2d(_BinaryLayer, nn.Conv2d):
         return copy_layer_params(conv, new)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.binary_input(x), self.binary_weight(), self.bias)
+        return apply_grid(self, "out", self._conv_forward(self.binary_input(x), self.binary_weight(), self.bias))
 
 
 class BinaryLinear(_BinaryLayer, nn.Linear):
@@ -284,8 +288,10 @@ def restructure_like(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> n
     """Rebuild the binary/pruned layers a ``tac``/``binarize`` checkpoint has, so it loads into ``model``.
 
     A layer is binary when the state dict has ``<name>.act.threshold``; pruned/quantized when
-    it has ``<name>.mask`` (its bit width comes from ``<name>.qbits``); ``<name>.out_qparams``
-    (the artifact's output grid, set by threshold alignment) is recreated too. Returns ``model``.
+    it has ``<name>.mask`` (its bit width comes from ``<name>.qbits``); ``<name>.in_qparams`` /
+    ``<name>.out_qparams`` (the artifact's grids, set by :func:`align_thresholds`) are recreated
+    too, and any other module with ``<name>.out_qparams`` (a BatchNorm or ReLU whose output the
+    artifact rounds) gets its eager output rounding back. Returns ``model``.
     """
     for name, mod in list(model.named_modules()):
         if isinstance(mod, (*BINARY_TYPES, PrunedQuantLinear)):
@@ -294,6 +300,9 @@ def restructure_like(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> n
             _set_module(model, name, binary_layer(mod))
         elif f"{name}.mask" in state_dict and isinstance(mod, nn.Linear):
             _set_module(model, name, PrunedQuantLinear.from_linear(mod))
+        elif f"{name}.out_qparams" in state_dict and not isinstance(mod, nn.Conv2d | nn.Linear):
+            install_output_rounding(mod, 1.0, 0)  # the grid's values come with load_state_dict
+            continue
         else:
             continue
         for which in ("in", "out"):
@@ -322,10 +331,14 @@ class _BinaryBase(Pass):
     calibration_batches: int = 16  # real batches fixing the int8 artifact's activation grids
     calibration_batch_size: int = 32
     align_thresholds: bool = True  # snap binary-input thresholds to those grids (exact int8 artifact)
+    epochs_grid: int = 1  # the schedule's last epochs train with the artifact's int8 output roundings in the model
+    warmup_epochs: float = 0.5  # linear LR warm-up at the start of each phase, in epochs (of train_images)
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.batch_size < 1 or self.threshold_batches < 1:
             raise ValueError("need lr > 0, batch_size >= 1 and threshold_batches >= 1")
+        if self.epochs_grid < 0 or self.warmup_epochs < 0:
+            raise ValueError("epochs_grid and warmup_epochs must be >= 0")
         if not 0.0 <= self.kd_weight <= 1.0:
             raise ValueError(f"kd_weight must lie in [0, 1], got {self.kd_weight}")
         if self.train_images < 0 or self.weight_decay < 0:
@@ -396,14 +409,14 @@ class _BinaryBase(Pass):
         from mobilec.train import fit
 
         data = ctx.data
-        fit_epochs = epochs
+        fit_epochs, warmup = epochs, min(self.warmup_epochs, epochs)
         if self.train_images:
             data = _draw(data, epochs * self.train_images, seed=ctx.seed + 1000 + phase)
-            fit_epochs = 1
+            fit_epochs, warmup = 1, warmup / epochs  # one pass over the drawn images; warm-up as a fraction of it
         teacher = ctx.teacher if self.kd_weight > 0 else None
         res = fit(model, data, epochs=fit_epochs, lr=self.lr, batch_size=self.batch_size, optimizer=self.optimizer,
                   weight_decay=self.weight_decay, teacher=teacher, kd_weight=self.kd_weight if teacher else 0.0,
-                  seed=ctx.seed + phase, progress=ctx.show_progress)
+                  seed=ctx.seed + phase, progress=ctx.show_progress, warmup_epochs=warmup)
         last = res.history[-1] if res.history else {}
         return {"epochs": epochs, "images": fit_epochs * len(data.x_train), "seconds": res.seconds,
                 "final_loss": last.get("loss"), "final_train_acc": last.get("train_acc")}
@@ -438,22 +451,57 @@ class _BinaryBase(Pass):
         ctx.report.add_pass(self.name, self.to_params(), time.perf_counter() - t0, **summary, layers=layers, phases=phases)
         return model
 
+    def _calibration(self, ctx: Context) -> tuple[torch.Tensor, ...]:
+        return tuple(ctx.data.calibration_batches(self.calibration_batches, self.calibration_batch_size, seed=ctx.seed))
+
+    def fix_grids(self, model: nn.Module, ctx: Context) -> dict[str, Any]:
+        """Fix the artifact's int8 grids and make the eager model round where the artifact rounds.
+
+        :func:`~mobilec.passes.binary_export.align_thresholds`: layer output grids calibrated on
+        real batches (kept when already fixed), eager output roundings installed, thresholds
+        aligned. The model's train/eval mode is kept.
+        """
+        from mobilec.passes.binary_export import align_thresholds
+
+        was_training = model.training
+        try:
+            model.eval()
+            res = align_thresholds(model, ctx.example_inputs, self._calibration(ctx))
+        finally:
+            model.train(was_training)
+        return {"aligned_inputs": len(res["aligned"]), "unaligned_inputs": len(res["unaligned"]),
+                "unaligned": ", ".join(res["unaligned"]), "max_threshold_shift_steps": res["max_shift_steps"],
+                "rounded_outputs": len(res["rounded"]), "unrounded_outputs": len(res["unrounded"]),
+                "unrounded": ", ".join(res["unrounded"])}
+
+    def last_phase(self, model: nn.Module, ctx: Context, epochs: int, phase: int, label: str) -> list[dict[str, Any]]:
+        """The schedule's last phase: ``epochs − epochs_grid`` epochs, then (with ``align_thresholds``)
+        the grids are fixed (:meth:`fix_grids`) and ``epochs_grid`` epochs train with the artifact's
+        output roundings in the model."""
+        if not self.align_thresholds or not self.epochs_grid:  # finish() fixes the grids after training
+            return [{"phase": label, **self.train_phase(model, ctx, epochs, phase)}]
+        if self.epochs_grid > epochs:
+            raise MobilecError(f"pass {self.name!r}: epochs_grid = {self.epochs_grid} exceeds the last phase's "
+                               f"{epochs} epoch(s)", hint="epochs_grid counts the last epochs of the schedule")
+        phases = []
+        if epochs > self.epochs_grid:
+            phases.append({"phase": label, **self.train_phase(model, ctx, epochs - self.epochs_grid, phase)})
+        self.fix_grids(model, ctx)
+        phases.append({"phase": f"{label}, int8 output roundings on",
+                       **self.train_phase(model, ctx, self.epochs_grid, phase + 1)})
+        return phases
+
     def finish(self, model: nn.Module, ctx: Context) -> dict[str, Any]:
-        """Fix the artifact's int8 grids (aligning thresholds to them) and install the binary lowering.
+        """Re-align the thresholds on the (already fixed) int8 grids and install the binary lowering.
 
         The exporters then call ``ctx.lowering(model, target, example_inputs, out_path)``
         (:class:`~mobilec.passes.binary_export.BinaryLowering`) instead of their own quantizers.
         """
-        from mobilec.passes.binary_export import BinaryLowering, align_thresholds
+        from mobilec.passes.binary_export import BinaryLowering
 
         model.eval()
-        batches = tuple(ctx.data.calibration_batches(self.calibration_batches, self.calibration_batch_size, seed=ctx.seed))
-        info: dict[str, Any] = {}
-        if self.align_thresholds:
-            res = align_thresholds(model, ctx.example_inputs, batches)
-            info = {"aligned_inputs": len(res["aligned"]), "unaligned_inputs": len(res["unaligned"]),
-                    "unaligned": ", ".join(res["unaligned"]), "max_threshold_shift_steps": res["max_shift_steps"]}
-        ctx.lowering = BinaryLowering(calibration=batches)
+        info = self.fix_grids(model, ctx) if self.align_thresholds else {}
+        ctx.lowering = BinaryLowering(calibration=self._calibration(ctx))
         return info
 
 
@@ -496,16 +544,17 @@ class TACPass(_BinaryBase):
         fcs = [n for n, a in actions.items() if a == "prune-quantize"]
         for name in fcs:
             _set_module(model, name, PrunedQuantLinear.from_linear(model.get_submodule(name)))
+        if not fcs:
+            phases = self.last_phase(model, ctx, self.epochs_binary, 0, "binary")
+            return self.record(model, ctx, actions, phases, t0)
         phases = [{"phase": "binary", **self.train_phase(model, ctx, self.epochs_binary, 0)}]
-        if fcs:
-            for i, s in enumerate(cubic_sparsity_schedule(self.fc_sparsity, self.prune_steps)):
-                for name in fcs:
-                    model.get_submodule(name).set_sparsity(s)
-                phases.append({"phase": f"prune to {s:.4f}", **self.train_phase(model, ctx, self.epochs_per_prune_step, 1 + i)})
+        for i, s in enumerate(cubic_sparsity_schedule(self.fc_sparsity, self.prune_steps)):
             for name in fcs:
-                model.get_submodule(name).bits = self.fc_bits
-            phases.append({"phase": f"quantize FC to {self.fc_bits} bits",
-                           **self.train_phase(model, ctx, self.epochs_quant, 1 + self.prune_steps)})
+                model.get_submodule(name).set_sparsity(s)
+            phases.append({"phase": f"prune to {s:.4f}", **self.train_phase(model, ctx, self.epochs_per_prune_step, 1 + i)})
+        for name in fcs:
+            model.get_submodule(name).bits = self.fc_bits
+        phases += self.last_phase(model, ctx, self.epochs_quant, 1 + self.prune_steps, f"quantize FC to {self.fc_bits} bits")
         return self.record(model, ctx, actions, phases, t0)
 
 
@@ -532,7 +581,7 @@ class BinarizeAllPass(_BinaryBase):
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         t0 = time.perf_counter()
         actions = self.start(model, ctx)
-        phases = [{"phase": "binary", **self.train_phase(model, ctx, self.epochs, 0)}]
+        phases = self.last_phase(model, ctx, self.epochs, 0, "binary")
         return self.record(model, ctx, actions, phases, t0)
 
 

@@ -15,14 +15,15 @@ A binary conv computes ``conv(sign(x − τ), α·sign(W))``. That is exactly an
   because the int8 kernels round the (BN-folded) bias to the accumulator grid
   ``s_in·s_w``: at ±1 that grid is the weight magnitude itself and the rounding would shift
   whole channels; at ±127 it is 16129 times finer. The information is one bit either way.
-- **output**: int8, per-tensor affine, after the fused ReLU/ReLU6 when there is one. This
-  requantization is the only rounding the artifact adds. :func:`align_thresholds` (run by
-  the passes after training) fixes those output grids from real batches and moves each
-  threshold of a binary input fed by such an output (directly or through max-pool, ReLU,
-  flatten) to the nearest half-step of that grid, by at most half a step: then
-  ``sign(q(x) − τ) = sign(x − τ)`` exactly and the rounding cannot flip a binary
-  activation. Binary inputs fed by sums (residual adds) or averages of int8 outputs are not
-  aligned; there, and only there, the artifact can still disagree with the eager model.
+- **output**: int8, per-tensor affine, after the folded BatchNorm and the fused ReLU/ReLU6 when
+  there is one. This requantization is the only rounding the artifact adds.
+  :func:`align_thresholds` (run by the passes before the last epochs and after training)
+  fixes those output grids from real batches and makes the eager model round each output
+  to its grid at the same place (:func:`output_sites`: in the layer, or by a hook on the
+  BatchNorm / ReLU module after it), so eager and artifact see the same int8 values —
+  residual sums of them included. It also moves each threshold of a binary input fed by such
+  an output (directly or through max-pool, ReLU, flatten) to the nearest half-step of that
+  grid, by at most half a step, so ``sign(q(x) − τ)`` has a margin of half a step.
 
 Pruned low-bit FC layers (``fc_bits``) become int8 linears whose weights are the grid
 integers times ``127 // Q`` (per-channel scale Δ·Q/127·…, exact) with calibrated int8
@@ -37,7 +38,9 @@ stored one byte per weight.
 from __future__ import annotations
 
 import copy
+import operator
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +52,14 @@ from torch import nn
 from mobilec.errors import ExportError, MobilecError
 from mobilec.export.base import Artifact, LayerBits
 from mobilec.passes.binarize import BINARY_TYPES, BinaryConv2d, BinaryLinear
-from mobilec.passes.prune import PrunedQuantLinear, sparse_storage_bytes
+from mobilec.passes.prune import (
+    PrunedQuantLinear,
+    has_output_rounding,
+    install_output_rounding,
+    remove_output_rounding,
+    set_qparams,
+    sparse_storage_bytes,
+)
 
 #: 2**100: multiplies any fp32 difference of ordinary size far past ±1 before the clamp.
 SIGN_GAIN = 2.0**100
@@ -138,6 +148,8 @@ def to_lowerable(model: nn.Module) -> nn.Module:
         if new is not None:
             parent, _, child = name.rpartition(".")
             setattr(low.get_submodule(parent) if parent else low, child, new)
+    for mod in low.modules():  # the eager output roundings are the artifact's own requantizations
+        remove_output_rounding(mod)
     return low.eval()
 
 
@@ -170,6 +182,9 @@ _ACT_FUSE = (
     torch.ops.aten.hardtanh_.default,
 )
 _LAYER_OPS = (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default)
+_BN_OPS = (torch.ops.aten.batch_norm.default, torch.ops.aten._native_batch_norm_legit_no_training.default)
+#: Modules whose whole forward is the one op after which the artifact may requantize a layer's output.
+_ROUNDING_SITES = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardtanh)
 
 
 def _owner(node: Any, lowered: dict[str, _Lowered]) -> tuple[str, _Lowered] | None:
@@ -179,6 +194,43 @@ def _owner(node: Any, lowered: dict[str, _Lowered]) -> tuple[str, _Lowered] | No
         if path in lowered:
             return path, lowered[path]
     return None
+
+
+def _module_path(node: Any) -> str | None:
+    """Path of the innermost module a graph node was traced in (None: the top-level forward)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else None
+
+
+def output_sites(gm: torch.fx.GraphModule, lowered: dict[str, _Lowered]) -> dict[str, tuple[str, str]]:
+    """``{layer: (module path, node name after BN folding)}``: where the artifact requantizes each layer's output.
+
+    Mirrors what PT2E and :func:`make_quantizer` do to the exported (not yet prepared) graph: a
+    conv whose only user is a BatchNorm gets it folded in, and a single ReLU/ReLU6 user is fused,
+    so the int8 output is that of the BatchNorm or the activation; else the layer's own output.
+    The module path is the innermost module of that node (the layer itself, a BatchNorm2d, a
+    ReLU...); :func:`align_thresholds` installs the eager rounding there.
+    """
+    sites: dict[str, tuple[str, str]] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target not in _LAYER_OPS:
+            continue
+        found = _owner(node, lowered)
+        if found is None:
+            continue
+        name, cur, path, out_name = found[0], node, found[0], node.name
+        users = list(cur.users)
+        if node.target == torch.ops.aten.conv2d.default and len(users) == 1 and users[0].target in _BN_OPS:
+            bn, path = users[0], _module_path(users[0]) or ""
+            cur = bn
+            if bn.target != torch.ops.aten.batch_norm.default:  # the tuple-returning form: its getitem 0
+                items = [u for u in bn.users if u.target is operator.getitem and u.args[1] == 0]
+                cur = items[0] if len(items) == 1 else bn
+            users = list(cur.users)
+        if len(users) == 1 and users[0].target in _ACT_FUSE:
+            path, out_name = _module_path(users[0]) or "", users[0].name
+        sites[name] = (path, out_name)  # a folded BatchNorm's output is the conv node's
+    return sites
 
 
 def make_quantizer(lowered_model: nn.Module) -> Any:
@@ -253,8 +305,17 @@ def make_quantizer(lowered_model: nn.Module) -> Any:
     return BinaryQuantizer()
 
 
-def _prepare(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> tuple[torch.fx.GraphModule, Any, nn.Module]:
-    """Export the lowerable form (dynamic batch) and insert observers: (prepared graph, quantizer, lowerable model)."""
+@dataclass
+class _Prepared:
+    graph: torch.fx.GraphModule  # with observers
+    quantizer: Any
+    lowerable: nn.Module
+    sites: dict[str, tuple[str, str]]  # output_sites of the exported graph
+    calls: Counter  # op nodes per innermost module path (a module called once has one)
+
+
+def _prepare(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> _Prepared:
+    """Export the lowerable form (dynamic batch) and insert observers."""
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
     low = to_lowerable(model)
@@ -266,8 +327,11 @@ def _prepare(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> tupl
     except Exception as exc:
         raise ExportError(f"torch.export failed on the binarized model: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
                           hint="the model must be torch.export-able (no data-dependent control flow)") from None
+    lowered = {n: m for n, m in low.named_modules() if isinstance(m, _Lowered)}
+    sites = output_sites(gm, lowered)
+    calls = Counter(_module_path(n) for n in gm.graph.nodes if n.op == "call_function")
     quantizer = make_quantizer(low)
-    return prepare_pt2e(gm, quantizer), quantizer, low
+    return _Prepared(prepare_pt2e(gm, quantizer), quantizer, low, sites, calls)
 
 
 def quantize_binary(model: nn.Module, example_inputs: tuple[torch.Tensor, ...],
@@ -282,7 +346,7 @@ def quantize_binary(model: nn.Module, example_inputs: tuple[torch.Tensor, ...],
     if not calibration:
         raise MobilecError("binary lowering needs calibration batches for the int8 activation ranges",
                            hint="pass calibration=ctx.data.calibration_batches(16, 32)")
-    prepared, _, _ = _prepare(model, example_inputs)
+    prepared = _prepare(model, example_inputs).graph
     with torch.no_grad():
         for b in calibration:
             prepared(b)
@@ -330,12 +394,19 @@ def _grid_source(node: Any, prepared: torch.fx.GraphModule, grids: dict[int, Any
 
 def align_thresholds(model: nn.Module, example_inputs: tuple[torch.Tensor, ...],
                      calibration: Sequence[torch.Tensor]) -> dict[str, Any]:
-    """Fix the artifact's int8 grids from real batches and make the eager model follow them.
+    """Fix the artifact's int8 grids from real batches and make the eager model compute what the artifact does.
 
     Modifies ``model`` in place:
 
     - each binary/grid layer gets an ``out_qparams`` buffer: the (scale, zero point) of its
-      int8 output in the artifact, calibrated on ``calibration``;
+      int8 output in the artifact, calibrated on ``calibration`` — or kept, when the layer has
+      one already (a second call, e.g. after more training, changes no grid);
+    - that output is rounded to its grid in the eager model too, where the artifact rounds it
+      (:func:`output_sites`): in the layer's forward when the layer's own output is quantized,
+      else by an :class:`~mobilec.passes.prune.OutputRounding` hook on the BatchNorm / ReLU /
+      ReLU6 module whose output it is (a module called once per forward; otherwise the layer is
+      listed as ``unrounded``). Eager and artifact then see the same int8 values everywhere,
+      residual sums of such outputs included;
     - each binary input whose values come from such an output through grid-preserving ops
       (ReLU, max-pool, flatten, ...) gets its thresholds moved to ``scale·(m + ½)`` (nearest,
       inside the int8 range), so the artifact's rounding cannot flip a sign;
@@ -344,24 +415,35 @@ def align_thresholds(model: nn.Module, example_inputs: tuple[torch.Tensor, ...],
       (the logits) applies that grid too: these layers fake-quantize in the eager forward exactly
       where the artifact rounds, so eager and artifact compute the same values.
 
-    Returns what was aligned and how far thresholds moved (in units of the step).
+    Returns what was aligned and rounded and how far thresholds moved (in units of the step).
     """
-    from mobilec.passes.prune import set_qparams
-
-    prepared, quantizer, low = _prepare(model, example_inputs)
+    prep = _prepare(model, example_inputs)
+    prepared, quantizer, low = prep.graph, prep.quantizer, prep.lowerable
     with torch.no_grad():
         for b in calibration:
             prepared(b)
     grids: dict[int, tuple[str, float, int]] = {}
+    rounded, unrounded = [], []
     for name, out_node in quantizer.outputs.items():
         obs_nodes = [u for u in out_node.users if u.op == "call_module"]
         if not obs_nodes:
             raise ExportError(f"no observer after layer {name!r} in the prepared graph", hint="report this model")
         obs = prepared.get_submodule(obs_nodes[0].target)
-        scale, zp = (float(v) for v in obs.calculate_qparams())
+        scale, zp = (float(v) for v in obs.calculate_qparams())  # a fixed grid returns itself
+        site, node_name = prep.sites[name]
+        if node_name != out_node.name:
+            raise ExportError(f"layer {name!r}: the artifact quantizes node {out_node.name}, expected {node_name}",
+                              hint="report this model (unexpected PT2E folding)")
         eager_mod = model.get_submodule(name)
-        at_layer = out_node is quantizer.layers[name] and isinstance(eager_mod, nn.Linear)
-        set_qparams(eager_mod, "out", scale, int(zp), eager=at_layer)
+        site_mod = model.get_submodule(site) if site != name else eager_mod
+        set_qparams(eager_mod, "out", scale, int(zp), eager=site == name)
+        if site == name:
+            rounded.append(name)
+        elif isinstance(site_mod, _ROUNDING_SITES) and prep.calls[site] == 1:
+            install_output_rounding(site_mod, scale, int(zp))
+            rounded.append(f"{name} -> {site}")
+        else:
+            unrounded.append(f"{name} -> {site or '(top level)'}")
         grids[id(obs)] = (name, scale, int(zp))
     lowered = {n: m for n, m in low.named_modules() if isinstance(m, _Lowered)}
     aligned, unaligned, shifts, fc_inputs = [], [], [], []
@@ -401,7 +483,7 @@ def align_thresholds(model: nn.Module, example_inputs: tuple[torch.Tensor, ...],
             act.threshold.copy_(new)
         aligned.append(f"{name} <- {producer}")
     return {"aligned": aligned, "unaligned": unaligned, "max_shift_steps": max(shifts, default=0.0),
-            "output_grids": len(grids), "fc_input_grids": fc_inputs}
+            "output_grids": len(grids), "fc_input_grids": fc_inputs, "rounded": rounded, "unrounded": unrounded}
 
 
 # --------------------------------------------------------------------------- per-layer records
@@ -541,11 +623,15 @@ def lower_binary(model: nn.Module, target: str, example_inputs: tuple[torch.Tens
     layers, problems = layer_bits(model, records)
     layers = _adjust_layers(model, layers)
     problems += check_layers(layers, model, file_size=size)
-    aligned = [m for m in model.modules() if m._buffers.get("out_qparams") is not None]
+    fixed = [m for m in model.modules() if isinstance(m, (*BINARY_TYPES, PrunedQuantLinear))
+             and m._buffers.get("out_qparams") is not None]
+    rounded = [m for m in model.modules() if isinstance(m, (*BINARY_TYPES, PrunedQuantLinear))
+               and m._buffers.get("out_qparams") is not None and float(m.out_qparams[2]) > 0]
+    rounded += [m for m in model.modules() if has_output_rounding(m)]
     notes = [NO_XNOR_NOTE, *storage_notes(model), *session_notes]
     notes.append(f"binary inputs: sign(x - t) as clamp((x - t)*2^100 + 1, -1, 1) quantized at scale 1/127 (int8 +-127); "
-                 f"{len(aligned)} layer output grid(s) fixed by threshold alignment"
-                 + ("" if aligned else " (none: activation ranges calibrated here; binary inputs may flip)"))
+                 f"{len(fixed)} layer output grid(s) fixed by the pass, {len(rounded)} of them rounded in the eager model too"
+                 + ("" if fixed else " (none: activation ranges calibrated here; binary inputs may flip)"))
     if layers:
         notes.append(summarize(layers, size))
     notes += [f"layer table: {p}" for p in problems]

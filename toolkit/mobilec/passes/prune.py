@@ -26,6 +26,7 @@ True
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
@@ -117,6 +118,42 @@ def apply_grid(module: nn.Module, which: str, x: torch.Tensor) -> torch.Tensor:
     """``x`` on ``module``'s stored ``which`` grid when that grid is marked for the eager model, else ``x``."""
     q = module._buffers.get(f"{which}_qparams")
     return int8_grid(x, q) if q is not None and float(q[2]) > 0 else x
+
+
+@dataclass(frozen=True)
+class OutputRounding:
+    """Forward hook: the module's output on its ``out_qparams`` int8 grid, where the artifact rounds it.
+
+    Installed by :func:`install_output_rounding` on the module (a BatchNorm or ReLU/ReLU6 after a
+    binary conv) whose output the artifact requantizes to int8. A dataclass, so a model pickled
+    with it (pass checkpoints) loads under ``torch.load(weights_only=True)``.
+    """
+
+    def __call__(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+        return apply_grid(module, "out", output)
+
+
+def install_output_rounding(module: nn.Module, scale: float, zero_point: int) -> None:
+    """Make ``module``'s eager output the int8 grid (scale, zero point) the artifact rounds it to.
+
+    The grid is an ``out_qparams`` buffer (saved with the state dict; :func:`has_output_rounding`
+    finds it again), applied by an :class:`OutputRounding` forward hook (straight-through gradient).
+    """
+    set_qparams(module, "out", scale, zero_point, eager=True)
+    if not any(isinstance(h, OutputRounding) for h in module._forward_hooks.values()):
+        module.register_forward_hook(OutputRounding())
+
+
+def remove_output_rounding(module: nn.Module) -> None:
+    """Undo :func:`install_output_rounding` (the hook and the grid buffer)."""
+    for key, hook in list(module._forward_hooks.items()):
+        if isinstance(hook, OutputRounding):
+            del module._forward_hooks[key]
+    module._buffers.pop("out_qparams", None)
+
+
+def has_output_rounding(module: nn.Module) -> bool:
+    return any(isinstance(h, OutputRounding) for h in module._forward_hooks.values())
 
 
 M = TypeVar("M", bound=nn.Module)
