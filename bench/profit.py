@@ -137,7 +137,8 @@ def run_row(model: str, recipe: str, targets: list[str], args: argparse.Namespac
 
 # ----------------------------------------------------------------------------- step time
 def step_time(model_name: str, data_name: str, device: str, batches: int, seed: int) -> dict[str, Any]:
-    """Mean seconds per training step: the float model vs its DuQ W4A4 version (all quantizers on), same loop.
+    """Mean seconds per training step: the float model vs its DuQ W4A4 version (all quantizers on), with
+    BatchNorm separate and folded in (as in the last phases), same loop.
 
     Both use the DuQ pass's Trainer (SGD Nesterov, batch 64, augmentation, no distillation) on the
     same device; 5 warm-up steps are not timed. The shipped checkpoint is used where it exists.
@@ -164,7 +165,9 @@ def step_time(model_name: str, data_name: str, device: str, batches: int, seed: 
     qm_.enable_quantizers(q, acts=True, weights=True)
     out: dict[str, Any] = {"model": model_name, "device": device, "batch_size": 64, "timed_steps": batches,
                            "weights": "shipped checkpoint" if trained else "random init", "threads": torch.get_num_threads()}
-    for label, m in (("fp32", fp), ("duq_w4a4", q)):
+    for label, m in (("fp32", fp), ("duq_w4a4", q), ("duq_w4a4_folded", q)):
+        if label == "duq_w4a4_folded":  # the last phases train with BatchNorm folded in (fold_phases)
+            qm_.fold_batchnorm(q, trainable=True)
         m.to(dev)
         tr = Trainer(m, x, y, teacher=None, batch_size=64, weight_decay=2e-5, quant_lr_scale=0.01, augment=True,
                      hflip=False, zero=zero, seed=seed, ema_decay=0.0, dist=DistInfo(), device=dev)
@@ -176,6 +179,7 @@ def step_time(model_name: str, data_name: str, device: str, batches: int, seed: 
         out[f"{label}_step_seconds_median"] = times[len(times) // 2]
     out["ratio"] = out["duq_w4a4_step_seconds"] / out["fp32_step_seconds"]
     out["ratio_median"] = out["duq_w4a4_step_seconds_median"] / out["fp32_step_seconds_median"]
+    out["ratio_folded"] = out["duq_w4a4_folded_step_seconds"] / out["fp32_step_seconds"]
     return out
 
 
@@ -194,9 +198,10 @@ def check_goals(rows: list[dict[str, Any]], steps: dict[str, Any]) -> dict[str, 
         if recipe == "profit3bit" and (model, "duq3bit", target) in by:
             d = by[(model, "duq3bit", target)]["accuracy"]
             out[f"{model}/profit3bit>duq3bit/{target}"] = {"profit3bit": r["accuracy"], "duq3bit": d, "met": r["accuracy"] > d}
-    for model, s in steps.items():
-        out[f"{model}/qat_step_time_ratio"] = {"ratio": round(s["ratio"], 3), "limit": GOALS["qat_step_time_max_ratio"],
-                                                "met": s["ratio"] <= GOALS["qat_step_time_max_ratio"]}
+    for model, s in steps.items():  # the slower of the two QAT step kinds (BN separate / BN folded) counts
+        ratio = max(s["ratio"], s.get("ratio_folded", 0.0))
+        out[f"{model}/qat_step_time_ratio"] = {"ratio": round(ratio, 3), "limit": GOALS["qat_step_time_max_ratio"],
+                                                "met": ratio <= GOALS["qat_step_time_max_ratio"]}
     return out
 
 
@@ -241,11 +246,14 @@ def render_markdown(result: dict[str, Any]) -> str:
              "`mobilec export` command that runs the same code.", ""]
     if result.get("step_time"):
         lines += ["## Training step time: DuQ W4A4 QAT vs fp32 (measured in the same run)", "",
-                  "| model | device | threads | fp32 s/step | DuQ s/step | ratio (mean) | ratio (median) |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
+                  "| model | device | threads | fp32 s/step | DuQ s/step | ratio (mean) | ratio (median) "
+                  "| DuQ BN-folded s/step | ratio (mean) |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for s in result["step_time"].values():
+            folded = s.get("duq_w4a4_folded_step_seconds")
             lines.append(f"| {s['model']} | {s['device']} | {s.get('threads', '-')} | {s['fp32_step_seconds']:.4f} "
-                         f"| {s['duq_w4a4_step_seconds']:.4f} | {s['ratio']:.2f} | {s['ratio_median']:.2f} |")
+                         f"| {s['duq_w4a4_step_seconds']:.4f} | {s['ratio']:.2f} | {s['ratio_median']:.2f} "
+                         f"| {_f(folded)} | {_f(s.get('ratio_folded'), '.2f')} |")
         lines.append("")
     lines += ["## Goals (issue 3)", "", "| goal | value | limit | met |", "|---|---|---|---|"]
     for k, g in result["goals"].items():
