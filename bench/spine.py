@@ -50,6 +50,8 @@ def main() -> None:
     ap.add_argument("--repetitions", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--from-runs", action="store_true", help="skip the exports: use bench/runs/spine-* from an earlier run")
+    ap.add_argument("--export", default=",".join(RECIPES),
+                    help="recipes to export again (comma list); the others come from bench/runs/spine-* of an earlier run")
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite spine.md from spine.json (adding the .pte byte breakdown from the run folders if missing)")
     args = ap.parse_args()
@@ -58,11 +60,13 @@ def main() -> None:
         return
     command = "python bench/spine.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
-    if args.from_runs:  # reuse the exported, verified run folders; re-profile them side by side
-        command += "  (exports from the run folders of an earlier `python bench/spine.py`)"
-    else:
-        for r in RECIPES:
-            mobilec.api.export(r, out=ROOT / "runs" / f"spine-{r}", force=True, command=command, profile=False)
+    fresh = [] if args.from_runs else [r.strip() for r in args.export.split(",") if r.strip()]
+    if unknown := sorted(set(fresh) - set(RECIPES)):
+        ap.error(f"--export: unknown recipe(s) {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
+    if reused := [r for r in RECIPES if r not in fresh]:  # reuse exported, verified run folders; re-profile side by side
+        command += f"  ({', '.join(reused)} from the run folder(s) of an earlier `python bench/spine.py`)"
+    for r in fresh:
+        mobilec.api.export(r, out=ROOT / "runs" / f"spine-{r}", force=True, command=command, profile=False)
     reports = {r: json.loads((ROOT / "runs" / f"spine-{r}" / "report.json").read_text()) for r in RECIPES}
     rows = []
     for target in ("executorch", "tflite", "onnx"):

@@ -23,13 +23,15 @@ atexit.register(shutil.rmtree, _OUT, ignore_errors=True)
 
 
 def tiny_cnn(width: int = 32, num_classes: int = 10) -> nn.Sequential:
-    """conv-BN-ReLU6, depthwise conv-BN-ReLU6, strided conv, conv, pool, linear: 94k parameters at width 32."""
+    """conv-BN-ReLU6, depthwise conv-BN-ReLU6, strided conv, conv, pool, dropout, linear: 94k parameters at width 32
+    (a dropout node before the classifier, as in MobileNetV2, where exporters must treat it as the identity;
+    p = 0 so training draws the same random numbers, hence the same weights, as the model without it)."""
     return nn.Sequential(
         nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU6(),
         nn.Conv2d(width, width, 3, padding=1, groups=width, bias=False), nn.BatchNorm2d(width), nn.ReLU6(),
         nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
         nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, num_classes),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.0), nn.Linear(4 * width, num_classes),
     )
 
 

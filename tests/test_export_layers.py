@@ -65,3 +65,20 @@ def test_get_exporter_names_the_targets() -> None:
     assert [get_exporter(t).suffix for t in ("executorch", "tflite", "onnx")] == [".pte", ".tflite", ".onnx"]
     with pytest.raises(Exception, match="unknown export target"):
         get_exporter("coreml")
+
+
+def test_eval_mode_dropout_is_removed_from_exported_graphs_and_training_dropout_kept() -> None:
+    import torch
+    from torch import nn
+
+    from mobilec.export import drop_inference_identities
+
+    model = nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(4, 2)).eval()
+    gm = torch.export.export(model, (torch.randn(2, 4),)).module()
+    assert drop_inference_identities(gm) == 1
+    assert not any("dropout" in str(n.target) for n in gm.graph.nodes)
+    x = torch.randn(2, 4)
+    assert torch.equal(gm(x), model(x))
+    training = torch.export.export(nn.Sequential(nn.Dropout(0.3)).train(), (torch.randn(2, 4),)).module()
+    assert drop_inference_identities(training) == 0  # train=True dropout is not the identity: left alone
+    assert any("dropout" in str(n.target) for n in training.graph.nodes)
