@@ -138,7 +138,8 @@ def run_row(model: str, recipe: str, targets: list[str], args: argparse.Namespac
 # ----------------------------------------------------------------------------- step time
 def step_time(model_name: str, data_name: str, device: str, batches: int, seed: int) -> dict[str, Any]:
     """Mean seconds per training step: the float model vs its DuQ W4A4 version (all quantizers on), with
-    BatchNorm separate and folded in (as in the last phases), same loop.
+    BatchNorm separate and folded in (as in the last phases), and with the eager (not compiled)
+    quantizer kernels; same loop.
 
     Both use the DuQ pass's Trainer (SGD Nesterov, batch 64, augmentation, no distillation) on the
     same device; 5 warm-up steps are not timed. The shipped checkpoint is used where it exists.
@@ -165,7 +166,15 @@ def step_time(model_name: str, data_name: str, device: str, batches: int, seed: 
     qm_.enable_quantizers(q, acts=True, weights=True)
     out: dict[str, Any] = {"model": model_name, "device": device, "batch_size": 64, "timed_steps": batches,
                            "weights": "shipped checkpoint" if trained else "random init", "threads": torch.get_num_threads()}
-    for label, m in (("fp32", fp), ("duq_w4a4", q), ("duq_w4a4_folded", q)):
+    from mobilec.passes.quant.duq import enable_fused_kernels
+
+    for label, m in (("fp32", fp), ("duq_w4a4_eager", q), ("duq_w4a4", q), ("duq_w4a4_folded", q)):
+        if label == "duq_w4a4_eager":  # the quantizers without the compiled kernels (as before they were wired in)
+            enable_fused_kernels(False)
+        if label == "duq_w4a4":  # what the duq/profit passes run: compiled kernels on the CPU
+            err = enable_fused_kernels(device == "cpu")
+            out["fused_kernels"] = device == "cpu" and err is None
+            out["fused_kernels_error"] = err
         if label == "duq_w4a4_folded":  # the last phases train with BatchNorm folded in (fold_phases)
             qm_.fold_batchnorm(q, trainable=True)
         m.to(dev)
@@ -180,6 +189,7 @@ def step_time(model_name: str, data_name: str, device: str, batches: int, seed: 
     out["ratio"] = out["duq_w4a4_step_seconds"] / out["fp32_step_seconds"]
     out["ratio_median"] = out["duq_w4a4_step_seconds_median"] / out["fp32_step_seconds_median"]
     out["ratio_folded"] = out["duq_w4a4_folded_step_seconds"] / out["fp32_step_seconds"]
+    out["ratio_eager_kernels"] = out["duq_w4a4_eager_step_seconds"] / out["fp32_step_seconds"]
     return out
 
 
@@ -246,14 +256,15 @@ def render_markdown(result: dict[str, Any]) -> str:
              "`mobilec export` command that runs the same code.", ""]
     if result.get("step_time"):
         lines += ["## Training step time: DuQ W4A4 QAT vs fp32 (measured in the same run)", "",
-                  "| model | device | threads | fp32 s/step | DuQ s/step | ratio (mean) | ratio (median) "
-                  "| DuQ BN-folded s/step | ratio (mean) |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| model | device | threads | fused kernels | fp32 s/step | DuQ s/step | ratio (mean) | ratio (median) "
+                  "| DuQ BN-folded s/step | ratio (mean) | DuQ eager kernels s/step | ratio (mean) |",
+                  "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for s in result["step_time"].values():
-            folded = s.get("duq_w4a4_folded_step_seconds")
-            lines.append(f"| {s['model']} | {s['device']} | {s.get('threads', '-')} | {s['fp32_step_seconds']:.4f} "
+            fused = {True: "yes", False: "no"}.get(s.get("fused_kernels"), "-")
+            lines.append(f"| {s['model']} | {s['device']} | {s.get('threads', '-')} | {fused} | {s['fp32_step_seconds']:.4f} "
                          f"| {s['duq_w4a4_step_seconds']:.4f} | {s['ratio']:.2f} | {s['ratio_median']:.2f} "
-                         f"| {_f(folded)} | {_f(s.get('ratio_folded'), '.2f')} |")
+                         f"| {_f(s.get('duq_w4a4_folded_step_seconds'))} | {_f(s.get('ratio_folded'), '.2f')} "
+                         f"| {_f(s.get('duq_w4a4_eager_step_seconds'))} | {_f(s.get('ratio_eager_kernels'), '.2f')} |")
         lines.append("")
     lines += ["## Goals (issue 3)", "", "| goal | value | limit | met |", "|---|---|---|---|"]
     for k, g in result["goals"].items():

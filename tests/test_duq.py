@@ -269,3 +269,32 @@ def test_fold_batchnorm_keeps_the_function_and_snaps_bias(per_channel: bool) -> 
         units = (layer.bias.detach() - shift) / accumulator_lsb(layer)
         assert torch.allclose(units, units.round(), atol=2e-3), "the bias must sit on the integer accumulator grid"
     assert not any(isinstance(m, nn.BatchNorm2d) for m in qm.modules())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["signed", "unsigned", "hswish"])
+def test_fused_kernels_match_the_eager_quantizer(kind: str) -> None:
+    """The torch.compile'd DuQ kernels (on by default in the duq/profit passes) compute the eager values and gradients."""
+    from mobilec.passes.quant.duq import enable_fused_kernels, fused_kernels_enabled
+
+    err = enable_fused_kernels(True)
+    assert err is None, f"the platform cannot compile the DuQ kernels: {err}"
+    try:
+        gen = torch.Generator().manual_seed(0)
+        x0 = torch.randn(4, 8, 32, 32, generator=gen) * 2  # 32768 elements: above the fused-kernel threshold
+        g = torch.randn(x0.shape, generator=gen)
+        results = []
+        for fused in (True, False):
+            enable_fused_kernels(fused)
+            assert fused_kernels_enabled() == fused
+            q = DuQuantizer(kind, 4)
+            q.set_range(torch.tensor(1.3), torch.tensor(0.8))
+            x = x0.clone().requires_grad_(True)
+            y = q(x)
+            y.backward(g)
+            results.append((y.detach(), x.grad, q.a_raw.grad, q.c_raw.grad))
+        (y1, gx1, ga1, gc1), (y2, gx2, ga2, gc2) = results
+        assert torch.equal(y1, y2) and torch.allclose(gx1, gx2)
+        assert torch.allclose(ga1, ga2, rtol=1e-4) and torch.allclose(gc1, gc2, rtol=1e-4)
+    finally:
+        enable_fused_kernels(False)

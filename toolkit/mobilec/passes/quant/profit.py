@@ -72,6 +72,7 @@ class DuQTraining(Pass):
     init_samples: int = 256
     augment: bool = True
     seed: int = -1  # -1: the run's seed
+    fused_kernels: bool = True  # CPU: torch.compile the DuQ quantizer forward/backward (same numerics)
 
     def __post_init__(self) -> None:
         check_bits(self.weight_bits, "weight_bits")
@@ -126,6 +127,7 @@ class DuQTraining(Pass):
         qm_.enable_quantizers(qmodel, acts=False, weights=False)
         device = torch.device(f"cuda:{dist.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
         qmodel.to(device)
+        fused = self._fused_kernels(device, plan.notes)
         teacher = self._teacher(model, ctx, device)
         zero = (-torch.tensor(data.mean) / torch.tensor(data.std)).view(1, -1, 1, 1)
         log = _Log(ctx, dist.main)
@@ -215,6 +217,7 @@ class DuQTraining(Pass):
             weight_bits=self.weight_bits, act_bits=self.act_bits, first_last_bits=self.first_last_bits or None,
             first_last_layers=[n for n, lp in plan.layers.items() if lp.role != "body"],
             per_channel_weights=self.per_channel_weights, n_train=len(y_tr), steps=trainer.total_steps,
+            fused_kernels=fused,
             fold_phases=self.fold_phases, constant_channels=dict(plan.constant_channels),
             train_seconds=round(sum(p["seconds"] for p in phases), 1),
             mean_step_seconds=round(sum(step_times) / max(len(step_times), 1), 4),
@@ -237,6 +240,18 @@ class DuQTraining(Pass):
         return qmodel
 
     # ----------------------------------------------------------------------------------
+    def _fused_kernels(self, device: torch.device, notes: list[str]) -> bool:
+        """Switch the compiled DuQ kernels on (CPU only); a platform that cannot compile is noted in the report."""
+        from mobilec.passes.quant.duq import enable_fused_kernels, fused_kernels_enabled
+
+        if not self.fused_kernels or device.type != "cpu":
+            enable_fused_kernels(False)
+            return False
+        err = enable_fused_kernels(True)
+        if err is not None:
+            notes.append(f"fused DuQ kernels unavailable ({err}): the eager quantizer kernels were used")
+        return fused_kernels_enabled()
+
     def _split(self, data: Any, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Train part and hold-out slice of the *train* split (seeded); the test split is never touched."""
         n = len(data.y_train)
