@@ -6,6 +6,11 @@ the eager model with every binary layer's output fake-quantized on the int8 grid
 uses (forward hooks on the module after the conv: the conv-bn-act block, or the BatchNorm of a
 linear bottleneck). Written for mobilenet_v2 / vgg_small structures.
 
+This is how the artifact/eager mismatch of the first mobilenet_v2 runs was found. Since then the
+passes put these roundings into the eager model itself (``out_qparams`` + ``OutputRounding``
+hooks, restored by ``restructure_like``): for such a run both lines print the same agreement
+(the extra hooks round values already on their grid).
+
     python bench/tac_rounding_check.py runs/bench-tac/mobilenet_v2-tac --model mobilenet_v2 --images 300
 """
 

@@ -319,3 +319,25 @@ def test_recipe_parameters_are_validated() -> None:
         BinarizeAllPass.from_params({"act_threshold": "median"}, where="r.toml")
     with pytest.raises(MobilecError, match="epochs_grid"):
         BinarizeAllPass.from_params({"epochs_grid": -1}, where="r.toml")
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=SEEDS)
+def test_int32_bias_delta_is_within_half_an_accumulator_step(seed: int) -> None:
+    from mobilec.passes.binary_export import SIGN_SCALE, int32_bias_delta
+
+    g = torch.Generator().manual_seed(seed)
+    conv = BinaryConv2d.from_conv(nn.Conv2d(3, 5, 3, bias=False))
+    bn = nn.BatchNorm2d(5).eval()
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(5, 3, 3, 3, generator=g))
+        for t in (bn.weight, bn.bias, bn.running_mean):
+            t.copy_(torch.randn(5, generator=g))
+        bn.running_var.copy_(torch.rand(5, generator=g) + 0.1)
+    delta = int32_bias_delta(conv, bn, SIGN_SCALE, 127)
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+    b = bn.bias.detach() - bn.running_mean * scale
+    step = SIGN_SCALE * (conv.alpha().flatten() * scale).abs() / 127
+    assert bool((delta.abs() <= step / 2 + 1e-7).all())
+    units = (b + delta) / step
+    assert torch.allclose(units, units.round(), atol=1e-3)  # the corrected bias is on the accumulator grid

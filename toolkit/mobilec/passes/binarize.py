@@ -35,7 +35,8 @@ The details the paper leaves open, as chosen here:
   the artifact's int8 output grids are fixed from real batches and the eager model rounds each
   binary / low-bit layer's output to its grid where the artifact requantizes it (in the layer,
   or by an ``OutputRounding`` hook on the BatchNorm / ReLU after it; saved with the state dict,
-  restored by :func:`restructure_like`), so those epochs train with the artifact's numerics.
+  restored by :func:`restructure_like`), so those epochs train with the artifact's numerics;
+  in eval mode it also adds the int8 kernels' int32 bias rounding (``bias_delta``).
   After training, thresholds of binary inputs fed by an int8 output move (by ≤ half a step)
   onto that grid's half-steps, and linear layers fake-quantize their input on the artifact's
   grid. Residual sums of int8 outputs are then the same in both, too.
@@ -64,11 +65,13 @@ from mobilec.errors import MobilecError
 from mobilec.passes.base import Pass
 from mobilec.passes.prune import (
     PrunedQuantLinear,
+    add_bias_delta,
     apply_grid,
     copy_layer_params,
     cubic_sparsity_schedule,
     install_output_rounding,
     layer_stats,
+    set_bias_delta,
     set_qparams,
 )
 from mobilec.registry import register_pass
@@ -193,7 +196,8 @@ class BinaryConv2d(_BinaryLayer, nn.Conv2d):
         return copy_layer_params(conv, new)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return apply_grid(self, "out", self._conv_forward(self.binary_input(x), self.binary_weight(), self.bias))
+        y = self._conv_forward(self.binary_input(x), self.binary_weight(), self.bias)
+        return apply_grid(self, "out", add_bias_delta(self, y))
 
 
 class BinaryLinear(_BinaryLayer, nn.Linear):
@@ -210,7 +214,7 @@ class BinaryLinear(_BinaryLayer, nn.Linear):
         return copy_layer_params(fc, new)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return apply_grid(self, "out", F.linear(self.binary_input(x), self.binary_weight(), self.bias))
+        return apply_grid(self, "out", add_bias_delta(self, F.linear(self.binary_input(x), self.binary_weight(), self.bias)))
 
 
 BINARY_TYPES = (BinaryConv2d, BinaryLinear)
@@ -290,8 +294,9 @@ def restructure_like(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> n
     A layer is binary when the state dict has ``<name>.act.threshold``; pruned/quantized when
     it has ``<name>.mask`` (its bit width comes from ``<name>.qbits``); ``<name>.in_qparams`` /
     ``<name>.out_qparams`` (the artifact's grids, set by :func:`align_thresholds`) are recreated
-    too, and any other module with ``<name>.out_qparams`` (a BatchNorm or ReLU whose output the
-    artifact rounds) gets its eager output rounding back. Returns ``model``.
+    too, and any other module with ``<name>.out_qparams`` or ``<name>.bias_delta`` (a BatchNorm or
+    ReLU whose output the artifact rounds, a BatchNorm carrying the int32 bias rounding) gets its
+    :class:`~mobilec.passes.prune.OutputRounding` hook back. Returns ``model``.
     """
     for name, mod in list(model.named_modules()):
         if isinstance(mod, (*BINARY_TYPES, PrunedQuantLinear)):
@@ -300,11 +305,16 @@ def restructure_like(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> n
             _set_module(model, name, binary_layer(mod))
         elif f"{name}.mask" in state_dict and isinstance(mod, nn.Linear):
             _set_module(model, name, PrunedQuantLinear.from_linear(mod))
-        elif f"{name}.out_qparams" in state_dict and not isinstance(mod, nn.Conv2d | nn.Linear):
-            install_output_rounding(mod, 1.0, 0)  # the grid's values come with load_state_dict
+        elif not isinstance(mod, nn.Conv2d | nn.Linear):  # a BatchNorm / ReLU carrying the artifact's numerics
+            if f"{name}.out_qparams" in state_dict:
+                install_output_rounding(mod, 1.0, 0)  # the values come with load_state_dict
+            if f"{name}.bias_delta" in state_dict:
+                set_bias_delta(mod, torch.zeros_like(state_dict[f"{name}.bias_delta"]), hook=True)
             continue
         else:
             continue
+        if f"{name}.bias_delta" in state_dict:
+            set_bias_delta(model.get_submodule(name), torch.zeros_like(state_dict[f"{name}.bias_delta"]), hook=False)
         for which in ("in", "out"):
             if f"{name}.{which}_qparams" in state_dict:  # the values come with load_state_dict
                 set_qparams(model.get_submodule(name), which, 1.0, 0, eager=False)

@@ -57,6 +57,7 @@ from mobilec.passes.prune import (
     has_output_rounding,
     install_output_rounding,
     remove_output_rounding,
+    set_bias_delta,
     set_qparams,
     sparse_storage_bytes,
 )
@@ -202,8 +203,9 @@ def _module_path(node: Any) -> str | None:
     return list(stack.values())[-1][0] if stack else None
 
 
-def output_sites(gm: torch.fx.GraphModule, lowered: dict[str, _Lowered]) -> dict[str, tuple[str, str]]:
-    """``{layer: (module path, node name after BN folding)}``: where the artifact requantizes each layer's output.
+def output_sites(gm: torch.fx.GraphModule, lowered: dict[str, _Lowered]) -> dict[str, tuple[str, str, str | None]]:
+    """``{layer: (module path, node name after BN folding, folded BatchNorm path or None)}``: where the
+    artifact requantizes each layer's output, and which BatchNorm PT2E folds into it.
 
     Mirrors what PT2E and :func:`make_quantizer` do to the exported (not yet prepared) graph: a
     conv whose only user is a BatchNorm gets it folded in, and a single ReLU/ReLU6 user is fused,
@@ -211,25 +213,25 @@ def output_sites(gm: torch.fx.GraphModule, lowered: dict[str, _Lowered]) -> dict
     The module path is the innermost module of that node (the layer itself, a BatchNorm2d, a
     ReLU...); :func:`align_thresholds` installs the eager rounding there.
     """
-    sites: dict[str, tuple[str, str]] = {}
+    sites: dict[str, tuple[str, str, str | None]] = {}
     for node in gm.graph.nodes:
         if node.op != "call_function" or node.target not in _LAYER_OPS:
             continue
         found = _owner(node, lowered)
         if found is None:
             continue
-        name, cur, path, out_name = found[0], node, found[0], node.name
+        name, cur, path, out_name, bn_path = found[0], node, found[0], node.name, None
         users = list(cur.users)
         if node.target == torch.ops.aten.conv2d.default and len(users) == 1 and users[0].target in _BN_OPS:
             bn, path = users[0], _module_path(users[0]) or ""
-            cur = bn
+            cur, bn_path = bn, path
             if bn.target != torch.ops.aten.batch_norm.default:  # the tuple-returning form: its getitem 0
                 items = [u for u in bn.users if u.target is operator.getitem and u.args[1] == 0]
                 cur = items[0] if len(items) == 1 else bn
             users = list(cur.users)
         if len(users) == 1 and users[0].target in _ACT_FUSE:
             path, out_name = _module_path(users[0]) or "", users[0].name
-        sites[name] = (path, out_name)  # a folded BatchNorm's output is the conv node's
+        sites[name] = (path, out_name, bn_path)  # a folded BatchNorm's output is the conv node's
     return sites
 
 
@@ -310,7 +312,7 @@ class _Prepared:
     graph: torch.fx.GraphModule  # with observers
     quantizer: Any
     lowerable: nn.Module
-    sites: dict[str, tuple[str, str]]  # output_sites of the exported graph
+    sites: dict[str, tuple[str, str, str | None]]  # output_sites of the exported graph
     calls: Counter  # op nodes per innermost module path (a module called once has one)
 
 
@@ -392,6 +394,26 @@ def _grid_source(node: Any, prepared: torch.fx.GraphModule, grids: dict[int, Any
         return None
 
 
+@torch.no_grad()
+def int32_bias_delta(layer: nn.Module, bn: nn.BatchNorm2d | None, in_scale: float, top: int) -> torch.Tensor:
+    """What the int8 kernel's int32 bias rounding adds to ``layer``'s (BN-folded) output, per channel.
+
+    The artifact's layer computes ``W'x + b'`` with the BatchNorm folded in (``W' = g·W``,
+    ``b' = g·(b − μ) + β``, ``g = γ/√(var + ε)``, as PT2E folds it, in fp32), weights on the
+    per-channel grid ``s_w = max|W'_c| / top`` (:func:`_grid_observer_cls`) and the bias rounded
+    to the accumulator grid ``in_scale·s_w``. Returns ``round(b'/(in_scale·s_w))·in_scale·s_w − b'``.
+    """
+    w = layer.binary_weight() if isinstance(layer, BINARY_TYPES) else layer.effective_weight()
+    w = w.detach().reshape(w.shape[0], -1)
+    b = layer.bias.detach() if layer.bias is not None else torch.zeros(w.shape[0])
+    if bn is not None:
+        g = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        w, b = w * g[:, None], (b - bn.running_mean) * g + bn.bias
+    amax = w.abs().amax(dim=1)
+    acc = in_scale * torch.where(amax > 0, amax / top, torch.ones_like(amax))
+    return torch.round(b / acc) * acc - b
+
+
 def align_thresholds(model: nn.Module, example_inputs: tuple[torch.Tensor, ...],
                      calibration: Sequence[torch.Tensor]) -> dict[str, Any]:
     """Fix the artifact's int8 grids from real batches and make the eager model compute what the artifact does.
@@ -407,6 +429,9 @@ def align_thresholds(model: nn.Module, example_inputs: tuple[torch.Tensor, ...],
       ReLU6 module whose output it is (a module called once per forward; otherwise the layer is
       listed as ``unrounded``). Eager and artifact then see the same int8 values everywhere,
       residual sums of such outputs included;
+    - the bias rounding of the int8 kernels (:func:`int32_bias_delta`) is added to each layer's
+      eval-mode output (a ``bias_delta`` buffer on the layer, or on the BatchNorm folded into it);
+      with it the eager model reproduces the artifact's integers, not just its grids;
     - each binary input whose values come from such an output through grid-preserving ops
       (ReLU, max-pool, flatten, ...) gets its thresholds moved to ``scale·(m + ½)`` (nearest,
       inside the int8 range), so the artifact's rounding cannot flip a sign;
@@ -430,7 +455,7 @@ def align_thresholds(model: nn.Module, example_inputs: tuple[torch.Tensor, ...],
             raise ExportError(f"no observer after layer {name!r} in the prepared graph", hint="report this model")
         obs = prepared.get_submodule(obs_nodes[0].target)
         scale, zp = (float(v) for v in obs.calculate_qparams())  # a fixed grid returns itself
-        site, node_name = prep.sites[name]
+        site, node_name, _bn = prep.sites[name]
         if node_name != out_node.name:
             raise ExportError(f"layer {name!r}: the artifact quantizes node {out_node.name}, expected {node_name}",
                               hint="report this model (unexpected PT2E folding)")
@@ -462,6 +487,16 @@ def align_thresholds(model: nn.Module, example_inputs: tuple[torch.Tensor, ...],
             scale, zp = (float(v) for v in obs.calculate_qparams())
             fc_inputs.append(f"{name} (own input grid)")
         set_qparams(model.get_submodule(name), "in", scale, int(zp), eager=True)
+    for name, low_mod in lowered.items():
+        bn_path = prep.sites[name][2]
+        eager_mod = model.get_submodule(name)
+        in_scale = SIGN_SCALE if low_mod.sign is not None else float(eager_mod.in_qparams[0])
+        bn = model.get_submodule(bn_path) if bn_path else None
+        delta = int32_bias_delta(eager_mod, bn, in_scale, low_mod.grid_qmax * (127 // low_mod.grid_qmax))
+        if bn is None:
+            set_bias_delta(eager_mod, delta, hook=False)
+        else:
+            set_bias_delta(bn, delta, hook=True)
     for node in prepared.graph.nodes:
         if node.op != "call_function" or node.target != torch.ops.aten.sub.Tensor:
             continue

@@ -120,17 +120,36 @@ def apply_grid(module: nn.Module, which: str, x: torch.Tensor) -> torch.Tensor:
     return int8_grid(x, q) if q is not None and float(q[2]) > 0 else x
 
 
+def add_bias_delta(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` plus ``module``'s per-channel ``bias_delta`` buffer in eval mode (else ``x``).
+
+    ``bias_delta`` is what the artifact's int32 bias rounding adds to this output (see
+    :func:`~mobilec.passes.binary_export.align_thresholds`); it holds for the eval-mode
+    (running-statistics) BatchNorm only, so training never sees it.
+    """
+    d = module._buffers.get("bias_delta")
+    if d is None or module.training:
+        return x
+    return x + d.view(1, -1, *([1] * (x.ndim - 2)))
+
+
 @dataclass(frozen=True)
 class OutputRounding:
-    """Forward hook: the module's output on its ``out_qparams`` int8 grid, where the artifact rounds it.
+    """Forward hook: the artifact's numerics on a module's output — ``bias_delta`` (eval), then the
+    ``out_qparams`` int8 grid when the artifact requantizes there.
 
-    Installed by :func:`install_output_rounding` on the module (a BatchNorm or ReLU/ReLU6 after a
-    binary conv) whose output the artifact requantizes to int8. A dataclass, so a model pickled
-    with it (pass checkpoints) loads under ``torch.load(weights_only=True)``.
+    Installed by :func:`install_output_rounding` / :func:`set_bias_delta` on the module (a
+    BatchNorm or ReLU/ReLU6 after a binary conv). A dataclass, so a model pickled with it (pass
+    checkpoints) loads under ``torch.load(weights_only=True)``.
     """
 
     def __call__(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
-        return apply_grid(module, "out", output)
+        return apply_grid(module, "out", add_bias_delta(module, output))
+
+
+def _ensure_hook(module: nn.Module) -> None:
+    if not any(isinstance(h, OutputRounding) for h in module._forward_hooks.values()):
+        module.register_forward_hook(OutputRounding())
 
 
 def install_output_rounding(module: nn.Module, scale: float, zero_point: int) -> None:
@@ -140,20 +159,33 @@ def install_output_rounding(module: nn.Module, scale: float, zero_point: int) ->
     finds it again), applied by an :class:`OutputRounding` forward hook (straight-through gradient).
     """
     set_qparams(module, "out", scale, zero_point, eager=True)
-    if not any(isinstance(h, OutputRounding) for h in module._forward_hooks.values()):
-        module.register_forward_hook(OutputRounding())
+    _ensure_hook(module)
+
+
+def set_bias_delta(module: nn.Module, delta: torch.Tensor, *, hook: bool) -> None:
+    """Store ``delta`` as ``module``'s ``bias_delta`` buffer; ``hook``: apply it by an :class:`OutputRounding`
+    hook (modules whose forward does not call :func:`add_bias_delta` itself, e.g. a BatchNorm)."""
+    delta = delta.detach().to(torch.float32).clone()
+    if "bias_delta" in module._buffers:
+        module.bias_delta = delta
+    else:
+        module.register_buffer("bias_delta", delta)
+    if hook:
+        _ensure_hook(module)
 
 
 def remove_output_rounding(module: nn.Module) -> None:
-    """Undo :func:`install_output_rounding` (the hook and the grid buffer)."""
+    """Undo :func:`install_output_rounding` and :func:`set_bias_delta` (the hook and the buffers)."""
     for key, hook in list(module._forward_hooks.items()):
         if isinstance(hook, OutputRounding):
             del module._forward_hooks[key]
     module._buffers.pop("out_qparams", None)
+    module._buffers.pop("bias_delta", None)
 
 
 def has_output_rounding(module: nn.Module) -> bool:
-    return any(isinstance(h, OutputRounding) for h in module._forward_hooks.values())
+    """Whether ``module``'s output is rounded to an int8 grid by an :class:`OutputRounding` hook."""
+    return "out_qparams" in module._buffers and any(isinstance(h, OutputRounding) for h in module._forward_hooks.values())
 
 
 M = TypeVar("M", bound=nn.Module)
@@ -219,8 +251,8 @@ class PrunedQuantLinear(nn.Linear):
         return fake_quantize_symmetric(w, self.bits) if self.bits is not None else w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = apply_grid(self, "in", x)  # int8 grids set by threshold alignment (artifact numerics)
-        return apply_grid(self, "out", nn.functional.linear(x, self.effective_weight(), self.bias))
+        x = apply_grid(self, "in", x)  # int8 grids and bias rounding set by align_thresholds (artifact numerics)
+        return apply_grid(self, "out", add_bias_delta(self, nn.functional.linear(x, self.effective_weight(), self.bias)))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, bits={self.bits}, sparsity={self.sparsity():.3f}"
