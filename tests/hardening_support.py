@@ -56,6 +56,17 @@ max_samples = 40
 """
 
 
+def one_error_line(result, *must: str) -> str:
+    """A CLI result that failed with exit 2 and one ``error: ...`` line containing every ``must``; the line."""
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output and "internal error" not in result.output
+    for text in must:
+        assert text in lines[0], (text, lines[0])
+    return lines[0]
+
+
 def fuzz_examples(default: int) -> int:
     """max_examples for a fuzz test: the suite's default, or MOBILEC_FUZZ_EXAMPLES (bench/reliability.py)."""
     return int(os.environ.get("MOBILEC_FUZZ_EXAMPLES", default))

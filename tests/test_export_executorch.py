@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from export_models import artifact, digits, trained_tiny
 from torch import nn
 
 from mobilec.errors import ExportError
@@ -11,11 +12,6 @@ from mobilec.export import get_exporter
 from mobilec.export.layers import check_layers
 from mobilec.export.verify import verify_artifact
 from mobilec.recipe import VerifySpec
-
-try:
-    from tests.export_models import artifact, digits, trained_tiny
-except ModuleNotFoundError:  # tests/ is not a package
-    from export_models import artifact, digits, trained_tiny
 
 pytestmark = pytest.mark.slow
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from export_models import artifact, digits, trained_tiny
 from torch import nn
 
 from mobilec.errors import ExportError, MobilecError
@@ -12,11 +13,6 @@ from mobilec.export.layers import check_layers
 from mobilec.export.verify import verify_artifact
 from mobilec.quant import QuantPlan
 from mobilec.recipe import VerifySpec
-
-try:
-    from tests.export_models import artifact, digits, trained_tiny
-except ModuleNotFoundError:  # tests/ is not a package
-    from export_models import artifact, digits, trained_tiny
 
 pytestmark = pytest.mark.slow
 

@@ -5,16 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from export_models import artifact, digits, trained_tiny
 
 from mobilec.export.layers import check_layers
 from mobilec.export.verify import verify_artifact
 from mobilec.recipe import VerifySpec
 from mobilec.runtimes import open_artifact
-
-try:
-    from tests.export_models import artifact, digits, trained_tiny
-except ModuleNotFoundError:  # tests/ is not a package
-    from export_models import artifact, digits, trained_tiny
 
 pytestmark = pytest.mark.slow
 

@@ -13,14 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from hardening_support import assert_same_result, export_args, record, tiny_inputs, tiny_reference
 
 from mobilec.cli import main
 from mobilec.io import load_state_dict
-
-try:
-    from tests.hardening_support import assert_same_result, export_args, record, tiny_inputs, tiny_reference
-except ModuleNotFoundError:  # tests/ is not a package
-    from hardening_support import assert_same_result, export_args, record, tiny_inputs, tiny_reference
 
 __all__ = ["tiny_inputs", "tiny_reference"]  # session fixtures
 

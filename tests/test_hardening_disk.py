@@ -13,39 +13,19 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from hardening_support import (
+    assert_only_complete_files,
+    assert_same_result,
+    export_args,
+    one_error_line,
+    record,
+    tiny_inputs,
+    tiny_reference,
+)
 
 from mobilec.cli import main
 
-try:
-    from tests.hardening_support import (
-        assert_only_complete_files,
-        assert_same_result,
-        export_args,
-        record,
-        tiny_inputs,
-        tiny_reference,
-    )
-except ModuleNotFoundError:  # tests/ is not a package
-    from hardening_support import (
-        assert_only_complete_files,
-        assert_same_result,
-        export_args,
-        record,
-        tiny_inputs,
-        tiny_reference,
-    )
-
 __all__ = ["tiny_inputs", "tiny_reference"]  # session fixtures
-
-
-def one_error_line(result, *must: str) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    assert "Traceback" not in result.output and "internal error" not in result.output
-    for text in must:
-        assert text in lines[0], (text, lines[0])
-    return lines[0]
 
 
 @pytest.fixture

@@ -9,16 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from hardening_support import record
 from torch import nn
 
 from mobilec.cli import main
 from mobilec.errors import ExportError
 from mobilec.export import get_exporter
-
-try:
-    from tests.hardening_support import record
-except ModuleNotFoundError:  # tests/ is not a package
-    from hardening_support import record
 
 # forward bodies of the module at path "1.0" (inside a Sequential in a Sequential) of an 8x8-digits CNN
 BODIES = {

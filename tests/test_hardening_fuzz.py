@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from hardening_support import fuzz_examples, record, write_tiny_inputs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,11 +24,6 @@ from mobilec import api
 from mobilec.cli import main
 from mobilec.errors import MobilecError
 from mobilec.recipe import TARGETS, Recipe, dump_toml
-
-try:
-    from tests.hardening_support import fuzz_examples, record, write_tiny_inputs
-except ModuleNotFoundError:  # tests/ is not a package
-    from hardening_support import fuzz_examples, record, write_tiny_inputs
 
 PLANNED = 99  # exit code of the recorder that replaces the heavy work
 

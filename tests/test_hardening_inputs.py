@@ -11,23 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from hardening_support import one_error_line, record, write_tiny_inputs
 
 from mobilec.cli import main
-
-try:
-    from tests.hardening_support import record, write_tiny_inputs
-except ModuleNotFoundError:  # tests/ is not a package
-    from hardening_support import record, write_tiny_inputs
-
-
-def one_error_line(result, *must: str) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    assert "Traceback" not in result.output and "internal error" not in result.output
-    for text in must:
-        assert text in lines[0], (text, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

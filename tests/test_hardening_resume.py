@@ -16,28 +16,17 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from hardening_support import (
+    assert_only_complete_files,
+    assert_same_result,
+    export_args,
+    record,
+    tiny_inputs,
+    tiny_reference,
+)
 
 from mobilec import checkpoint
 from mobilec.cli import main
-
-try:
-    from tests.hardening_support import (
-        assert_only_complete_files,
-        assert_same_result,
-        export_args,
-        record,
-        tiny_inputs,
-        tiny_reference,
-    )
-except ModuleNotFoundError:  # tests/ is not a package
-    from hardening_support import (
-        assert_only_complete_files,
-        assert_same_result,
-        export_args,
-        record,
-        tiny_inputs,
-        tiny_reference,
-    )
 
 __all__ = ["tiny_inputs", "tiny_reference"]  # session fixtures, shared with test_hardening_disk.py
 

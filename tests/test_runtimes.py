@@ -5,14 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from export_models import artifact, digits, trained_tiny
 
 from mobilec.errors import MobilecError
 from mobilec.runtimes import detect_target, open_artifact, run_batched
-
-try:
-    from tests.export_models import artifact, digits, trained_tiny
-except ModuleNotFoundError:  # tests/ is not a package
-    from export_models import artifact, digits, trained_tiny
 
 TARGETS = ["executorch", "tflite", "onnx"]
 

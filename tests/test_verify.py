@@ -7,16 +7,12 @@ import json
 
 import pytest
 import torch
+from export_models import artifact, digits, tiny_cnn, trained_tiny
 from torch import nn
 
 from mobilec.errors import MobilecError
 from mobilec.export.verify import verify_artifact
 from mobilec.recipe import VerifySpec
-
-try:
-    from tests.export_models import artifact, digits, tiny_cnn, trained_tiny
-except ModuleNotFoundError:  # tests/ is not a package
-    from export_models import artifact, digits, tiny_cnn, trained_tiny
 
 pytestmark = pytest.mark.slow
 
