@@ -56,7 +56,9 @@ METHOD = """\
   real batches and the eager model rounds each binary/FC layer's output to its grid exactly where the
   artifact requantizes it (after the folded BatchNorm / fused ReLU, a straight-through gradient), so the
   last epochs train with the artifact's numerics and the eager model is the artifact's exact reference,
-  residual sums included (`rounded_outputs`, `unrounded_outputs` per row). Thresholds fed by an int8
+  residual sums included (`rounded_outputs`, `unrounded_outputs` per row); in eval mode it also adds
+  the int8 kernels' int32 bias rounding (`bias_delta`; the vgg_small rows and mobilenet_v2 fp32 were run
+  before that was added, see the note). Thresholds fed by an int8
   output through ReLU / max-pool / flatten are then moved onto that grid's half-steps.
 """
 
