@@ -169,9 +169,9 @@ def step_time(model_name: str, data_name: str, device: str, batches: int, seed: 
     from mobilec.passes.quant.duq import enable_fused_kernels
 
     for label, m in (("fp32", fp), ("duq_w4a4_eager", q), ("duq_w4a4", q), ("duq_w4a4_folded", q)):
-        if label == "duq_w4a4_eager":  # the quantizers without the compiled kernels (as before they were wired in)
+        if label == "duq_w4a4_eager":  # the eager quantizer kernels (the passes' default, fused_kernels = false)
             enable_fused_kernels(False)
-        if label == "duq_w4a4":  # what the duq/profit passes run: compiled kernels on the CPU
+        if label == "duq_w4a4":  # the compiled kernels (fused_kernels = true), measured slower on this CPU
             err = enable_fused_kernels(device == "cpu")
             out["fused_kernels"] = device == "cpu" and err is None
             out["fused_kernels_error"] = err

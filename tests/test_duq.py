@@ -274,7 +274,7 @@ def test_fold_batchnorm_keeps_the_function_and_snaps_bias(per_channel: bool) -> 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["signed", "unsigned", "hswish"])
 def test_fused_kernels_match_the_eager_quantizer(kind: str) -> None:
-    """The torch.compile'd DuQ kernels (on by default in the duq/profit passes) compute the eager values and gradients."""
+    """The torch.compile'd DuQ kernels (the passes' fused_kernels option) compute the eager values and gradients."""
     from mobilec.passes.quant.duq import enable_fused_kernels, fused_kernels_enabled
 
     err = enable_fused_kernels(True)
