@@ -16,6 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "toolkit"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,30 +28,16 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
     import torch
+    from tac_rounding_check import load_run, load_tac_model
 
-    from mobilec.data import load_dataset
-    from mobilec.models import build_model
-    from mobilec.passes.binarize import restructure_like
     from mobilec.passes.binary_export import align_thresholds
-    from mobilec.runtimes import open_artifact
 
-    torch.set_num_threads(1)
-
-    def load(sd: dict) -> torch.nn.Module:
-        model = restructure_like(build_model(args.model, pretrained=False), sd)
-        model.load_state_dict(sd)
-        return model.eval()
-
-    model = load(torch.load(args.run / "compressed.pt", weights_only=True))
-    ds = load_dataset("fashion-mnist")
-    x = ds.x_test[: args.images]
-    session = open_artifact(args.run / "model.pte")
-    art = np.concatenate([session.run(x[i : i + 1].numpy()) for i in range(len(x))])
+    model, ds, x, art = load_run(args.run, args.model, args.images)
     with torch.no_grad():
         before = model(x).numpy()
     align_thresholds(model, (x[:1],), [ds.x_train[i * 32 : (i + 1) * 32] for i in range(4)])
     with torch.no_grad():
-        after = load(model.state_dict())(x).numpy()
+        after = load_tac_model(args.model, model.state_dict())(x).numpy()
     for what, e in (("as saved", before), ("with the int32 bias rounding (reloaded)", after)):
         print(f"{len(x)} images, eager {what}: agreement with the artifact {(e.argmax(1) == art.argmax(1)).mean():.4f}, "
               f"max |logit diff| {np.abs(e - art).max():.3g}")

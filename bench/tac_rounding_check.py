@@ -19,9 +19,37 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "toolkit"))
+
+
+def load_tac_model(model_name: str, state_dict: dict) -> Any:
+    """The zoo model restructured like a TAC/binary-all state dict, loaded with it, in eval mode."""
+    from mobilec.models import build_model
+    from mobilec.passes.binarize import restructure_like
+
+    model = restructure_like(build_model(model_name, pretrained=False), state_dict)
+    model.load_state_dict(state_dict)
+    return model.eval()
+
+
+def load_run(run: Path, model_name: str, images: int) -> tuple:
+    """(eager model, dataset, first ``images`` test inputs, the .pte's logits on them) of a bench/tac.py run folder."""
+    import numpy as np
+    import torch
+
+    from mobilec.data import load_dataset
+    from mobilec.runtimes import open_artifact
+
+    torch.set_num_threads(1)
+    model = load_tac_model(model_name, torch.load(run / "compressed.pt", weights_only=True))
+    ds = load_dataset("fashion-mnist")
+    x = ds.x_test[:images]
+    session = open_artifact(run / "model.pte")
+    art = np.concatenate([session.run(x[i : i + 1].numpy()) for i in range(len(x))])
+    return model, ds, x, art
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,19 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from torch import nn
 
-    from mobilec.data import load_dataset
-    from mobilec.models import build_model
-    from mobilec.passes.binarize import restructure_like
-    from mobilec.runtimes import open_artifact
-
-    torch.set_num_threads(1)
-    sd = torch.load(args.run / "compressed.pt", weights_only=True)
-    model = restructure_like(build_model(args.model, pretrained=False), sd)
-    model.load_state_dict(sd)
-    model.eval()
-    x = load_dataset("fashion-mnist").x_test[: args.images]
-    session = open_artifact(args.run / "model.pte")
-    art = np.concatenate([session.run(x[i : i + 1].numpy()) for i in range(len(x))])
+    model, _ds, x, art = load_run(args.run, args.model, args.images)
     with torch.no_grad():
         eager = model(x).numpy()
     mods = dict(model.named_modules())

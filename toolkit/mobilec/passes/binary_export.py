@@ -41,7 +41,7 @@ import copy
 import operator
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,6 +197,13 @@ def _owner(node: Any, lowered: dict[str, _Lowered]) -> tuple[str, _Lowered] | No
     return None
 
 
+def _layer_nodes(gm: torch.fx.GraphModule, lowered: dict[str, _Lowered]) -> Iterator[tuple[Any, str, _Lowered]]:
+    """``(node, name, module)`` for every conv/linear node of ``gm`` that belongs to a ``_Lowered`` layer."""
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target in _LAYER_OPS and (found := _owner(node, lowered)) is not None:
+            yield node, found[0], found[1]
+
+
 def _module_path(node: Any) -> str | None:
     """Path of the innermost module a graph node was traced in (None: the top-level forward)."""
     stack = node.meta.get("nn_module_stack") or {}
@@ -214,13 +221,8 @@ def output_sites(gm: torch.fx.GraphModule, lowered: dict[str, _Lowered]) -> dict
     ReLU...); :func:`align_thresholds` installs the eager rounding there.
     """
     sites: dict[str, tuple[str, str, str | None]] = {}
-    for node in gm.graph.nodes:
-        if node.op != "call_function" or node.target not in _LAYER_OPS:
-            continue
-        found = _owner(node, lowered)
-        if found is None:
-            continue
-        name, cur, path, out_name, bn_path = found[0], node, found[0], node.name, None
+    for node, name, _mod in _layer_nodes(gm, lowered):
+        cur, path, out_name, bn_path = node, name, node.name, None
         users = list(cur.users)
         if node.target == torch.ops.aten.conv2d.default and len(users) == 1 and users[0].target in _BN_OPS:
             bn, path = users[0], _module_path(users[0]) or ""
@@ -276,13 +278,7 @@ def make_quantizer(lowered_model: nn.Module) -> Any:
 
         def annotate(self, gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
             self.outputs, self.layers = {}, {}
-            for node in gm.graph.nodes:
-                if node.op != "call_function" or node.target not in _LAYER_OPS:
-                    continue
-                found = _owner(node, lowered)
-                if found is None:
-                    continue
-                name, mod = found
+            for node, name, mod in _layer_nodes(gm, lowered):
                 in_spec = sign_spec if mod.sign is not None else fixed_or_calibrated(mod.in_qparams)
                 qmap = {node.args[0]: in_spec, node.args[1]: weight_spec(mod.grid_qmax)}
                 users = list(node.users)
