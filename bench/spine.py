@@ -52,11 +52,14 @@ def main() -> None:
     ap.add_argument("--from-runs", action="store_true", help="skip the exports: use bench/runs/spine-* from an earlier run")
     ap.add_argument("--export", default=",".join(RECIPES),
                     help="recipes to export again (comma list); the others come from bench/runs/spine-* of an earlier run")
+    ap.add_argument("--per-tensor-run", type=Path, metavar="DIR",
+                    help="add the size/accuracy probe of a run folder of `mobilec export --recipe "
+                         "bench/recipes/int8-per-tensor.toml` (per-tensor weight scales) to spine.json/md")
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite spine.md from spine.json (adding the .pte byte breakdown from the run folders if missing)")
     args = ap.parse_args()
     if args.render_only:
-        rerender()
+        rerender(args.per_tensor_run)
         return
     command = "python bench/spine.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
@@ -113,23 +116,40 @@ def main() -> None:
             )
     RESULTS.mkdir(parents=True, exist_ok=True)
     doc = {"benchmark": "spine", "machine": machine_description(), "command": command, "rows": rows}
+    old = json.loads((RESULTS / "spine.json").read_text()) if (RESULTS / "spine.json").is_file() else {}
+    probe = per_tensor_probe(args.per_tensor_run) if args.per_tensor_run else old.get("per_tensor_probe")
+    if probe:  # the default model's per-tensor probe stays until measured again
+        doc["per_tensor_probe"] = probe
     write_json_atomic(RESULTS / "spine.json", doc)
-    write_text_atomic(RESULTS / "spine.md", render(rows))
-    print(render(rows))
+    write_text_atomic(RESULTS / "spine.md", render(rows, probe))
+    print(render(rows, probe))
 
 
 def _median(xs: list[float]) -> float:
     return sorted(xs)[len(xs) // 2]
 
 
-def rerender() -> None:
+def per_tensor_probe(run: Path) -> dict:
+    """Size and accuracy of the per-tensor-weight int8 .pte from a run folder's report.json (kept even when
+    verification rejected the artifact: the point is what per-tensor scales cost)."""
+    report = json.loads((run / "report.json").read_text())
+    art = next(a for a in report["artifacts"] if a["target"] == "executorch")
+    v = art["verification"]
+    return {"recipe": "bench/recipes/int8-per-tensor.toml", "size_bytes": art["size_bytes"], "accuracy": v["accuracy"],
+            "top1_agreement": v["top1_agreement"], "snr_db": v.get("snr_db"), "status": art.get("status"),
+            "command": "mobilec export --recipe bench/recipes/int8-per-tensor.toml --out DIR"}
+
+
+def rerender(per_tensor_run: Path | None = None) -> None:
     doc = json.loads((RESULTS / "spine.json").read_text())
+    if per_tensor_run is not None:
+        doc["per_tensor_probe"] = per_tensor_probe(per_tensor_run)
     for r in doc["rows"]:
         pte = ROOT / "runs" / f"spine-{r['recipe']}" / "model.pte"
         if r.get("target") == "executorch" and not r.get("pte_breakdown") and pte.is_file():
             r["pte_breakdown"] = pte_breakdown(pte)
     write_json_atomic(RESULTS / "spine.json", doc)
-    write_text_atomic(RESULTS / "spine.md", render(doc["rows"]))
+    write_text_atomic(RESULTS / "spine.md", render(doc["rows"], doc.get("per_tensor_probe")))
 
 
 def breakdown_lines(rows: list[dict]) -> list[str]:
@@ -156,7 +176,7 @@ def breakdown_lines(rows: list[dict]) -> list[str]:
     ]
 
 
-def render(rows: list[dict]) -> str:
+def render(rows: list[dict], per_tensor: dict | None = None) -> str:
     lines = [
         "# Spine benchmark: fp32 vs int8 PTQ of the default model",
         "",
@@ -183,6 +203,12 @@ def render(rows: list[dict]) -> str:
         )
     m = rows[0].get("machine", {}) if rows else {}
     lines += breakdown_lines(rows)
+    fp32_pte = next((r for r in rows if r.get("recipe") == "fp32" and r.get("target") == "executorch"), None)
+    if per_tensor and fp32_pte:
+        lines += ["", f"Measured per-tensor probe (`{per_tensor['command']}`): the .pte is "
+                      f"{fp32_pte['size_bytes'] / per_tensor['size_bytes']:.2f}x smaller than fp32 but keeps "
+                      f"{per_tensor['accuracy']:.2%} top-1 (agreement with its own simulation {per_tensor['top1_agreement']:.4f}, "
+                      f"{str(per_tensor['status']).split(':')[0]}): per-channel scales are what keep this model's accuracy."]
     lines += ["", f"Machine: {m.get('cpu')} ({m.get('cores')} cores, shared); command: `{rows[0].get('command') if rows else ''}`", ""]
     return "\n".join(lines)
 
