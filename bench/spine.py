@@ -121,7 +121,7 @@ def main() -> None:
     if probe:  # the default model's per-tensor probe stays until measured again
         doc["per_tensor_probe"] = probe
     write_json_atomic(RESULTS / "spine.json", doc)
-    write_text_atomic(RESULTS / "spine.md", render(rows, probe))
+    write_page(doc)
     print(render(rows, probe))
 
 
@@ -149,7 +149,16 @@ def rerender(per_tensor_run: Path | None = None) -> None:
         if r.get("target") == "executorch" and not r.get("pte_breakdown") and pte.is_file():
             r["pte_breakdown"] = pte_breakdown(pte)
     write_json_atomic(RESULTS / "spine.json", doc)
+    write_page(doc)
+
+
+def write_page(doc: dict) -> None:
+    """spine.md: the prose tables, then the all-rows block rendered by mobilec.bench_render (so that
+    `mobilec compare --bench bench/results/spine.json --check` holds)."""
+    from mobilec.bench_render import regenerate_command, render_file
+
     write_text_atomic(RESULTS / "spine.md", render(doc["rows"], doc.get("per_tensor_probe")))
+    render_file(RESULTS / "spine.json", command=regenerate_command(RESULTS.relative_to(ROOT.parent) / "spine.json", {}, None))
 
 
 def breakdown_lines(rows: list[dict]) -> list[str]:
