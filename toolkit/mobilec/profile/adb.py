@@ -277,6 +277,14 @@ class _BatterySampler:
                 continue
             self.samples.append((up, cur, volt))
 
+    def wait_past(self, t: float, timeout_s: float) -> None:
+        """Keep sampling until a reading stamped at or after device time ``t`` arrived (or ``timeout_s``): the
+        results file can appear before the sampler's next reading, which the timed window's end needs."""
+        deadline = time.monotonic() + timeout_s
+        while (time.monotonic() < deadline and self._proc is not None and self._proc.poll() is None
+               and (not self.samples or self.samples[-1][0] < t)):
+            time.sleep(0.01)
+
     def stop(self) -> list[tuple[float, float, float | None]]:
         if self._proc is not None:
             self._proc.terminate()
@@ -543,6 +551,9 @@ class AdbDevice:
         t0 = time.monotonic()
         try:
             rep = self._run_app(ctx, r) if self.runner is None else self._run_runner(ctx, r)
+            window = rep.extra.get("timed_window_s")
+            if sampler is not None and window:
+                sampler.wait_past(window[1], timeout_s=1.0 + 3 / self.profile.sample_hz)
         finally:
             run_samples = sampler.stop() if sampler else []
         if sampler is None:
