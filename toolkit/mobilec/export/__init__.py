@@ -27,12 +27,12 @@ from mobilec.errors import ExportError, MobilecError
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from mobilec.export.base import Exporter
+    from mobilec.export.base import ExporterBase
 
 TARGETS = ("executorch", "tflite", "onnx")
 
 
-def get_exporter(target: str) -> Exporter:
+def get_exporter(target: str) -> ExporterBase:
     """The exporter for ``target`` (``executorch``, ``tflite`` or ``onnx``)."""
     if target == "executorch":
         from mobilec.export.executorch import ExecuTorchExporter

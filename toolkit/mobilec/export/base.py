@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -63,25 +63,9 @@ class Artifact:
         }
 
 
-class Exporter(Protocol):
-    """``export`` writes ``out_path`` atomically and returns its Artifact."""
-
-    target: str
-    suffix: str
-
-    def export(
-        self,
-        model: nn.Module,
-        example_inputs: tuple[torch.Tensor, ...],
-        out_path: Path,
-        *,
-        quant: QuantPlan | None = None,
-        calibration: Sequence[torch.Tensor] = (),
-    ) -> Artifact: ...
-
-
 class ExporterBase:
-    """The shared ``export`` of every target: a batch-1 example, the model in eval mode while the
+    """Every target's exporter: ``export`` writes ``out_path`` atomically and returns its Artifact. The shared
+    ``export``: a batch-1 example, the model in eval mode while the
     target's ``_export`` runs (inside ``_quiet()``, for runtimes with chatty logs), the mode restored."""
 
     target: str
