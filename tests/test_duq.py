@@ -64,9 +64,10 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def quantized_tiny(bits: int = 4, *, per_channel: bool = False, seed: int = 0) -> nn.Module:
+def quantized_tiny(bits: int = 4, *, per_channel: bool = False, seed: int = 0, first_last_bits: int | None = 8) -> nn.Module:
     torch.manual_seed(seed)
-    qm = convert_to_duq(randomize_bn(TinyNet(), seed), weight_bits=bits, act_bits=bits, per_channel=per_channel)
+    qm = convert_to_duq(randomize_bn(TinyNet(), seed), weight_bits=bits, act_bits=bits, per_channel=per_channel,
+                        first_last_bits=first_last_bits)
     init_activation_quantizers(qm, torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(seed)))
     init_weight_quantizers(qm)
     return qm.eval()

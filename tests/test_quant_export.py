@@ -69,6 +69,40 @@ def test_artifact_runs_the_same_integers(target: str, tmp_path) -> None:
         assert not {op for op in left if "conv" in op or "linear" in op or "quantize" in op}
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("bits", "target"), [(4, "executorch"), (3, "executorch"), (4, "tflite"), (3, "tflite")])
+def test_low_bit_linear_is_stored_as_int4(bits: int, target: str, tmp_path) -> None:
+    """A <= 4-bit linear's codes are stored packed (XNNPACK qcint4, LiteRT INT4) and still compute the eager integers."""
+    from mobilec.runtimes import open_artifact
+
+    qm = fold_batchnorm(quantized_tiny(bits, first_last_bits=None))
+    x = digits_like()
+    path = tmp_path / ("m.pte" if target == "executorch" else "m.tflite")
+    art = lower_duq(qm, target, (x[:1],), path)
+    by = {layer.name: layer for layer in art.layers}
+    head = by["head"]
+    assert (head.stored, head.executed, head.info_bits) == ("int4", "int8", bits)
+    # 16 inputs: exactly half a byte a weight, nothing padded; 3-bit codes would pack tighter still
+    assert head.stored_bytes - head.packed_bytes == head.params // 2 - -(-head.params * bits // 8)
+    assert all(layer.stored == "int8" for name, layer in by.items() if name != "head")  # no int4 convolution in XNNPACK
+    assert not [n for n in art.notes if n.startswith("layer table")]
+    assert any("1 layer as int4 codes" in n for n in art.notes)
+    if target == "executorch":  # the same model with int8 containers: the file shrinks by half the head's weights
+        from mobilec.passes.quant.lowering import _lower_executorch
+
+        deploy, _ = build_deploy_module(qm, int4_linear=False)
+        _lower_executorch(deploy, x[:1], tmp_path / "m8.pte")
+        assert (tmp_path / "m8.pte").stat().st_size - art.size_bytes >= head.params // 2
+    else:
+        assert any("1 FULLY_CONNECTED weight with codes in [-8, 7] stored as INT4" in n for n in art.notes)
+    session = open_artifact(path)
+    out = np.concatenate([session.run(x[i:i + 1].numpy()) for i in range(len(x))])
+    with torch.no_grad():
+        ref = qm(x).numpy()
+    assert (out.argmax(1) == ref.argmax(1)).mean() == 1.0
+    assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
 def test_onnx_is_refused_with_a_fix(tmp_path) -> None:
     qm = fold_batchnorm(quantized_tiny(4))
     with pytest.raises(MobilecError, match="executorch, tflite"):

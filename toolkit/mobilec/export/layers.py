@@ -190,12 +190,16 @@ def torch_layer_bits(model: nn.Module) -> list[LayerBits]:
 
 
 def tflite_records(path: Path) -> list[WeightRecord]:
-    """Weights of CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED / TRANSPOSE_CONV ops, read through the interpreter."""
+    """Weights of CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED / TRANSPOSE_CONV ops, read through the interpreter
+    (INT4 weights, which it reads back unpacked, are recognised from the flatbuffer's tensor types)."""
     from ai_edge_litert.interpreter import Interpreter
+
+    from mobilec.export.tflite_int4 import int4_tensors
 
     interp = Interpreter(model_path=str(path), num_threads=1)
     interp.allocate_tensors()
     details = {d["index"]: d for d in interp.get_tensor_details()}
+    packed = int4_tensors(path)
     roles = {"CONV_2D": (0, 1, 2, 0), "DEPTHWISE_CONV_2D": (0, 1, 2, 3), "FULLY_CONNECTED": (0, 1, 2, 0),
              "TRANSPOSE_CONV": (2, 1, 3, 0)}  # (activation input, weight, bias, output-channel axis of the weight)
     records = []
@@ -207,13 +211,14 @@ def tflite_records(path: Path) -> list[WeightRecord]:
         w_det = details[ins[w_i]]
         weight = interp.get_tensor(ins[w_i])
         act = details[ins[a_i]]
-        stored = _np_name(w_det["dtype"])
+        stored = "int4" if ins[w_i] in packed else _np_name(w_det["dtype"])
+        w_bytes = math.ceil(weight.size / 2) if stored == "int4" else weight.nbytes
         executed = _np_name(act["dtype"]) if np.dtype(act["dtype"]).kind in "iu" else "fp32"
         aux = _tfl_qbytes(w_det)
         if b_i < len(ins) and ins[b_i] >= 0:
             b_det = details[ins[b_i]]
             aux += int(np.prod(b_det["shape"])) * np.dtype(b_det["dtype"]).itemsize + _tfl_qbytes(b_det)
-        records.append(WeightRecord(weight, axis, stored, executed, weight.nbytes, aux, _tfl_name(w_det["name"])))
+        records.append(WeightRecord(weight, axis, stored, executed, w_bytes, aux, _tfl_name(w_det["name"])))
     return records
 
 
@@ -377,6 +382,10 @@ def _graph_records(ep: Any, *, delegated: bool, out: list[WeightRecord]) -> None
         quant_act = _dequant(act) is not None and "per_tensor" in op_name(_dequant(act).target)
         executed = "int8" if delegated and q is not None and quant_act and w.dtype == torch.int8 else "fp32"
         stored = _torch_name(w.dtype)
+        w_bytes = w.numel() * w.element_size()
+        if delegated and q is not None and _int4_range(q):  # XNNPACK's serializer packs these two codes a byte (qcint4)
+            stored = "int4"
+            w_bytes = w.shape[0] * math.ceil(w[0].numel() / 2)
         aux = 4 * n_scales  # per-channel fp32 scales
         bias = node.args[b_idx] if b_idx is not None and len(node.args) > b_idx else None
         if bias is not None and hasattr(bias, "name"):
@@ -390,7 +399,7 @@ def _graph_records(ep: Any, *, delegated: bool, out: list[WeightRecord]) -> None
         stack = node.meta.get("nn_module_stack") or {}
         hint = list(stack.values())[-1][0] if stack else None
         arr = w.detach().float().numpy() if w.dtype.is_floating_point else w.detach().numpy()
-        out.append(WeightRecord(arr, axis, stored, executed, w.numel() * w.element_size(), aux, hint))
+        out.append(WeightRecord(arr, axis, stored, executed, w_bytes, aux, hint))
 
 
 def _ep_constants(ep: Any) -> dict[str, torch.Tensor]:
@@ -418,6 +427,12 @@ def _dequant(node: Any) -> Any:
     if hasattr(node, "op") and node.op == "call_function" and op_name(node.target).startswith("quantized_decomposed.dequantize_"):
         return node
     return None
+
+
+def _int4_range(dequant: Any) -> bool:
+    """A per-channel int8 dequantize whose code range is int4's ``[-8, 7]``."""
+    args = dequant.args
+    return "per_channel" in op_name(dequant.target) and len(args) > 5 and (args[4], args[5]) == (-8, 7)
 
 
 def _np_name(dtype: Any) -> str:

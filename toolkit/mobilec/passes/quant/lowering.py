@@ -41,9 +41,13 @@ from torch import fx, nn
 from mobilec.errors import ExportError, MobilecError
 from mobilec.export.base import Artifact, LayerBits
 from mobilec.passes.quant.duq import HSWISH_OFFSET, DuQuantizer, Int8FakeQuant
-from mobilec.passes.quant.qmodules import QConv2d, duq_plan, quant_layers
+from mobilec.passes.quant.qmodules import QConv2d, QLinear, duq_plan, quant_layers
 
 SUPPORTED_TARGETS = ("executorch", "tflite")
+#: Weight code ranges of the dequantize ops: int8 conv/linear weights, and the int4 range (``[-8, 7]``)
+#: that XNNPACK's serializer stores packed, two codes a byte (``qcint4``), for a linear with <= 4-bit weights.
+INT8_WEIGHTS = (-127, 127)
+INT4_WEIGHTS = (-8, 7)
 
 
 def _qd() -> Any:
@@ -82,10 +86,11 @@ class _DeployLayer(nn.Module):
     """Common forward pieces: input q/dq, int8 weight dequantization, output clamp + q/dq."""
 
     def __init__(self, *, in_q: ActQ | None, out_q: ActQ, clamp: tuple[float, float] | None, codes: torch.Tensor,
-                 scales: torch.Tensor, bias: torch.Tensor, fold_weights: bool) -> None:
+                 scales: torch.Tensor, bias: torch.Tensor, fold_weights: bool, w_range: tuple[int, int] = INT8_WEIGHTS) -> None:
         super().__init__()
         self.in_q, self.out_q, self.clamp = in_q, out_q, clamp
         self.fold_weights = fold_weights
+        self.w_min, self.w_max = w_range
         self.round_in_fp32 = not fold_weights
         self.register_buffer("w_zero_points", torch.zeros(codes.shape[0], dtype=torch.int64))
         self.register_buffer("w_scales", scales.double().float().contiguous())
@@ -101,8 +106,8 @@ class _DeployLayer(nn.Module):
         if self.fold_weights:
             w = self.w_int8
         else:
-            w = qd.quantize_per_channel(self.w_float, self.w_scales, self.w_zero_points, 0, -127, 127, torch.int8)
-        return qd.dequantize_per_channel(w, self.w_scales, self.w_zero_points, 0, -127, 127, torch.int8)
+            w = qd.quantize_per_channel(self.w_float, self.w_scales, self.w_zero_points, 0, self.w_min, self.w_max, torch.int8)
+        return qd.dequantize_per_channel(w, self.w_scales, self.w_zero_points, 0, self.w_min, self.w_max, torch.int8)
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         q = self.in_q
@@ -167,12 +172,15 @@ def _check_ready(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def build_deploy_module(model: fx.GraphModule, *, fold_weights: bool = True) -> tuple[fx.GraphModule, list[DeployLayerInfo]]:
+def build_deploy_module(model: fx.GraphModule, *, fold_weights: bool = True,
+                        int4_linear: bool = False) -> tuple[fx.GraphModule, list[DeployLayerInfo]]:
     """The integer form of a folded DuQ model: explicit int8 quantize/dequantize around fp32 convs.
 
     Run eagerly it computes what the runtime computes; ``torch.export`` of it lowers to int8
     kernels. ``fold_weights`` stores int8 weight constants (ExecuTorch) instead of fp32 weights
-    with a quantize op (litert-torch).
+    with a quantize op (litert-torch). ``int4_linear`` gives linear layers with <= 4-bit weights the
+    int4 code range, which XNNPACK stores packed and runs as its int8-activation x int4-weight GEMM
+    (the same numbers: the codes are the same integers). XNNPACK has no such convolution.
     """
     _check_ready(model)
     plan = duq_plan(model)
@@ -219,8 +227,9 @@ def build_deploy_module(model: fx.GraphModule, *, fold_weights: bool = True) -> 
         scales = torch.where(scales > 0, scales, torch.ones_like(scales))  # an all-zero channel: any scale
         wq = layer.quantized_weight().detach()
         bias = cast(torch.Tensor, layer.bias).detach() - layer.act_q.offset * g_fold * wq.reshape(wq.shape[0], -1).sum(1)
+        int4 = int4_linear and isinstance(layer, QLinear) and layer.weight_q.bits <= 4
         kw = dict(in_q=None if name in on_grid else in_grid, out_q=out, clamp=clamp, codes=codes,
-                  scales=scales, bias=bias, fold_weights=fold_weights)
+                  scales=scales, bias=bias, fold_weights=fold_weights, w_range=INT4_WEIGHTS if int4 else INT8_WEIGHTS)
         deploy: _DeployLayer = DeployConv2d(layer, **kw) if isinstance(layer, QConv2d) else DeployLinear(**kw)
         parent, _, child = name.rpartition(".")
         setattr(dm.get_submodule(parent) if parent else dm, child, deploy)
@@ -274,7 +283,8 @@ def lower_duq(model: nn.Module, target: str, example_inputs: tuple[torch.Tensor,
     was_training = model.training
     model.eval()
     try:
-        deploy, infos = build_deploy_module(fx_model, fold_weights=(target == "executorch"))
+        on_et = target == "executorch"
+        deploy, infos = build_deploy_module(fx_model, fold_weights=on_et, int4_linear=on_et)
         lower = _lower_executorch if target == "executorch" else _lower_tflite
         art = lower(deploy, example, out_path)
     finally:
@@ -284,7 +294,7 @@ def lower_duq(model: nn.Module, target: str, example_inputs: tuple[torch.Tensor,
     size = out_path.stat().st_size
     notes = list(art.pop("notes"))
     plan = duq_plan(model)
-    notes.append(_bits_note(infos, plan.first_last_bits))
+    notes.append(_bits_note(infos, layers, plan.first_last_bits))
     notes += [f"layer table: {p}" for p in problems]
     n_int8 = sum(1 for i in infos if i.out_grid == "int8")
     notes.append(f"{len(infos) - n_int8} layer outputs are written on the next layer's DuQ grid (clip fused into the conv); "
@@ -352,6 +362,7 @@ def _lower_tflite(deploy: nn.Module, example: torch.Tensor, out_path: Path) -> d
     from litert_torch.quantize import pt2e_quantizer, quant_config
 
     from mobilec.export.layers import tflite_records
+    from mobilec.export.tflite_int4 import pack_int4_fully_connected
     from mobilec.io import atomic_path
 
     # the quantizer object only selects the converter's static QDQ mode; the qparams are already in the graph
@@ -364,9 +375,13 @@ def _lower_tflite(deploy: nn.Module, example: torch.Tensor, out_path: Path) -> d
                           hint="report this with the model; export to executorch meanwhile") from exc
     with atomic_path(out_path) as tmp:
         edge.export(str(tmp))
+        n_int4 = pack_int4_fully_connected(tmp, tmp)
     records = tflite_records(out_path)
     ops = _tflite_ops(out_path)
     notes = ["LiteRT ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(ops.items()))]
+    if n_int4:
+        notes.append(f"{n_int4} FULLY_CONNECTED weight{'s' * (n_int4 > 1)} with codes in [-8, 7] stored as INT4 "
+                     "(LiteRT unpacks them to int8 when the model is prepared; same integers)")
     delegation = {"backend": "LiteRT builtin kernels (XNNPACK delegate at run time)", "ops": ops}
     return {"records": records, "delegation": delegation, "notes": notes}
 
@@ -422,13 +437,18 @@ def _layer_bits(infos: list[DeployLayerInfo], records: list[Any]) -> tuple[list[
     return table, problems
 
 
-def _bits_note(infos: list[DeployLayerInfo], first_last: int | None) -> str:
+def _bits_note(infos: list[DeployLayerInfo], layers: list[LayerBits], first_last: int | None) -> str:
     w = sorted({i.weight_bits for i in infos})
     a = sorted({i.act_bits for i in infos})
     packed = sum(math.ceil(i.params * i.weight_bits / 8) for i in infos)
+    stored: dict[str, int] = {}
+    for layer in layers:
+        stored[layer.stored] = stored.get(layer.stored, 0) + 1
+    containers = ", ".join(f"{n} layer{'s' * (n > 1)} as {k} codes" for k, n in sorted(stored.items()))
+    executed = "/".join(sorted({layer.executed for layer in layers})) or "int8"
     return (f"DuQ grids: weights {'/'.join(map(str, w))} bits, activations {'/'.join(map(str, a))} bits"
             + (f" (first/last layers {first_last} bits)" if first_last else "")
-            + f"; stored as int8 codes, executed int8; weights bit-packed would take {packed} bytes")
+            + f"; stored: {containers}; executed {executed}; weights bit-packed would take {packed} bytes")
 
 
 def deploy_info(model: nn.Module) -> dict[str, Any]:

@@ -1,0 +1,78 @@
+"""Store a .tflite's FULLY_CONNECTED weights as INT4 where their int8 codes fit in ``[-8, 7]``.
+
+litert-torch's static int8 mode writes every weight as INT8, also the codes of a 4-bit (or
+lower) DuQ/TAC layer. LiteRT's FULLY_CONNECTED kernel takes INT4 filters with int8 inputs
+(two codes a byte, low nibble first, unpacked to int8 when the model is prepared), so such a
+weight is rewritten to INT4: the same integers, half the bytes, identical outputs. CONV_2D and
+DEPTHWISE_CONV_2D keep INT8 (LiteRT's int8 convolutions take no INT4 filter).
+
+>>> pack_int4_fully_connected(Path("model.tflite"), Path("model4.tflite"))   # doctest: +SKIP
+1
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+INT4_MIN, INT4_MAX = -8, 7
+
+
+def pack_int4(codes: np.ndarray) -> np.ndarray:
+    """int8 codes in ``[-8, 7]`` -> TFLite's packed INT4 bytes (element ``2i`` in the low nibble of byte ``i``)."""
+    flat = np.asarray(codes, dtype=np.int8).ravel()
+    if flat.size and (flat.min() < INT4_MIN or flat.max() > INT4_MAX):
+        raise ValueError(f"codes outside the int4 range [{INT4_MIN}, {INT4_MAX}]: {int(flat.min())}..{int(flat.max())}")
+    nibbles = (flat.astype(np.int16) & 0xF).astype(np.uint8)
+    if nibbles.size % 2:
+        nibbles = np.append(nibbles, np.uint8(0))
+    return (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8)
+
+
+def unpack_int4(packed: np.ndarray, count: int) -> np.ndarray:
+    """Inverse of :func:`pack_int4`: the first ``count`` sign-extended int8 codes."""
+    b = np.asarray(packed, dtype=np.uint8)
+    lo = ((b & 0xF).astype(np.int8) << 4) >> 4
+    hi = (b.astype(np.int8) >> 4).astype(np.int8)
+    return np.stack([lo, hi], axis=1).ravel()[:count].astype(np.int8)
+
+
+def pack_int4_fully_connected(src: Path, dst: Path) -> int:
+    """Write ``src`` to ``dst`` with every INT8 FULLY_CONNECTED weight whose codes fit int4 stored as INT4.
+
+    Returns how many weights were packed (``dst`` is written either way).
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    buf = Path(src).read_bytes()
+    model = schema.ModelT.InitFromPackedBuf(buf, 0)
+    packed = 0
+    for sg in model.subgraphs or []:
+        for op in sg.operators or []:
+            oc = model.operatorCodes[op.opcodeIndex]
+            if max(oc.builtinCode, oc.deprecatedBuiltinCode) != schema.BuiltinOperator.FULLY_CONNECTED:
+                continue
+            tensor = sg.tensors[op.inputs[1]]
+            data = model.buffers[tensor.buffer].data
+            if tensor.type != schema.TensorType.INT8 or data is None or len(data) == 0:
+                continue
+            codes = np.asarray(data, dtype=np.uint8).view(np.int8)
+            if codes.min() < INT4_MIN or codes.max() > INT4_MAX:
+                continue
+            model.buffers[tensor.buffer].data = pack_int4(codes)
+            tensor.type = schema.TensorType.INT4
+            packed += 1
+    builder = flatbuffers.Builder(len(buf))
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    Path(dst).write_bytes(builder.Output())
+    return packed
+
+
+def int4_tensors(path: Path) -> set[int]:
+    """Indices of the INT4 tensors of the model's main subgraph (the interpreter reports them unpacked, as int8)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    sg = schema.Model.GetRootAsModel(Path(path).read_bytes(), 0).Subgraphs(0)
+    return {i for i in range(sg.TensorsLength()) if sg.Tensors(i).Type() == schema.TensorType.INT4}
