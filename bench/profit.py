@@ -249,9 +249,11 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines = [f"# DuQ / PROFIT benchmark ({result.get('data', 'fashion-mnist')})", "",
              f"- machine: {result['machine']['description']}",
              "- accuracy = the exported artifact run in its runtime on the full test split; eager_accuracy = the compressed "
-             "torch model; fp32_accuracy = the shipped checkpoint (eager). Bits: every quantized weight is stored as an "
-             "int8 code and executed in int8 arithmetic; `packed_weight_bytes` is what the weights would take bit-packed "
-             "at their information bits (`weight_info_bits`).",
+             "torch model; fp32_accuracy = the shipped checkpoint (eager). Bits: conv weights are stored as int8 codes "
+             "(neither runtime executes narrower conv weights); linear weights of 4 or fewer information bits are stored "
+             "as int4 (XNNPACK qc4w, LiteRT INT4 FULLY_CONNECTED); all arithmetic is int8 (`stored`/`executed` list the "
+             "containers of each row); `packed_weight_bytes` is what the weights would take bit-packed at their "
+             "information bits (`weight_info_bits`).",
              "- each row's exact command is in the table and in profit.json (`command`); `cli_equivalent` is the "
              "`mobilec export` command that runs the same code.", ""]
     if result.get("step_time"):

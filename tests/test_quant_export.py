@@ -9,13 +9,21 @@ from test_duq import quantized_tiny
 
 from mobilec.errors import MobilecError
 from mobilec.passes.quant.lowering import build_deploy_module, lower_duq
-from mobilec.passes.quant.qmodules import fold_batchnorm
+from mobilec.passes.quant.qmodules import QLinear, fold_batchnorm
 
 
 def digits_like(n: int = 120, seed: int = 3) -> torch.Tensor:
     from mobilec.data import load_dataset
 
     return load_dataset("digits").x_test[:n].clone() if seed == 3 else torch.randn(n, 1, 8, 8)
+
+
+def expected_containers(qm: torch.nn.Module, by: dict) -> dict[str, str]:
+    """The smallest container each runtime executes with the eager model's integers: int4 for <= 4-bit
+    linear weights, int8 for every conv (neither XNNPACK nor LiteRT runs int4 conv filters exactly)."""
+    modules = dict(qm.named_modules())
+    return {name: "int4" if isinstance(modules[name], QLinear) and layer.info_bits <= 4 else "int8"
+            for name, layer in by.items()}
 
 
 @pytest.mark.parametrize(("bits", "per_channel"), [(4, False), (3, True), (2, False), (8, False)])
@@ -56,11 +64,12 @@ def test_artifact_runs_the_same_integers(target: str, tmp_path) -> None:
         ref = qm(x).numpy()
     assert (out.argmax(1) == ref.argmax(1)).mean() == 1.0
     assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
-    # every conv/linear is stored as int8 codes on its DuQ grid and executed int8
+    # every conv/linear is stored as integer codes on its DuQ grid and executed int8
     names = {layer.name for layer in art.layers}
     assert names == {"stem.0", "dw.0", "pw.0", "expand.0", "dw2.0.conv", "se1", "se2", "project.0", "head"}
-    assert all(layer.stored == "int8" and layer.executed == "int8" for layer in art.layers)
     by = {layer.name: layer for layer in art.layers}
+    assert {name: layer.stored for name, layer in by.items()} == expected_containers(qm, by)
+    assert all(layer.executed == "int8" for layer in art.layers)
     assert by["dw.0"].info_bits == 4 and by["stem.0"].info_bits == 8
     assert by["pw.0"].packed_bytes < by["pw.0"].stored_bytes
     assert not [n for n in art.notes if n.startswith("layer table")]
@@ -84,9 +93,11 @@ def test_low_bit_linear_is_stored_as_int4(bits: int, target: str, tmp_path) -> N
     assert (head.stored, head.executed, head.info_bits) == ("int4", "int8", bits)
     # 16 inputs: exactly half a byte a weight, nothing padded; 3-bit codes would pack tighter still
     assert head.stored_bytes - head.packed_bytes == head.params // 2 - -(-head.params * bits // 8)
-    assert all(layer.stored == "int8" for name, layer in by.items() if name != "head")  # no int4 convolution in XNNPACK
+    containers = expected_containers(qm, by)
+    assert {name: layer.stored for name, layer in by.items()} == containers
     assert not [n for n in art.notes if n.startswith("layer table")]
-    assert any("1 layer as int4 codes" in n for n in art.notes)
+    n4 = sum(c == "int4" for c in containers.values())
+    assert any(f"{n4} layer{'s' * (n4 > 1)} as int4 codes" in n for n in art.notes)
     if target == "executorch":  # the same model with int8 containers: the file shrinks by half the head's weights
         from mobilec.passes.quant.lowering import _lower_executorch
 
@@ -94,7 +105,7 @@ def test_low_bit_linear_is_stored_as_int4(bits: int, target: str, tmp_path) -> N
         _lower_executorch(deploy, x[:1], tmp_path / "m8.pte")
         assert (tmp_path / "m8.pte").stat().st_size - art.size_bytes >= head.params // 2
     else:
-        assert any("1 FULLY_CONNECTED weight with codes in [-8, 7] stored as INT4" in n for n in art.notes)
+        assert any("INT4 weights: 1 FULLY_CONNECTED filter(s) with codes in [-8, 7] stored as INT4" in n for n in art.notes)
     session = open_artifact(path)
     out = np.concatenate([session.run(x[i:i + 1].numpy()) for i in range(len(x))])
     with torch.no_grad():

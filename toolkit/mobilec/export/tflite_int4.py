@@ -1,13 +1,16 @@
 """Store a .tflite's FULLY_CONNECTED weights as INT4 where their int8 codes fit in ``[-8, 7]``.
 
 litert-torch's static int8 mode writes every weight as INT8, also the codes of a 4-bit (or
-lower) DuQ/TAC layer. LiteRT's FULLY_CONNECTED kernel takes INT4 filters with int8 inputs
-(two codes a byte, low nibble first, unpacked to int8 when the model is prepared), so such a
-weight is rewritten to INT4: the same integers, half the bytes, identical outputs. CONV_2D and
-DEPTHWISE_CONV_2D keep INT8 (LiteRT's int8 convolutions take no INT4 filter).
+lower) DuQ layer. LiteRT's FULLY_CONNECTED kernel takes INT4 filters with int8 inputs (two codes
+a byte, low nibble first, unpacked to int8 when the model is prepared), so such a weight is
+rewritten to INT4: the same integers, half the bytes, identical outputs. Convolutions keep INT8,
+measured with ai-edge-litert and its XNNPACK delegate on the DuQ test model: INT4 CONV_2D filters
+run, but a 1x1 conv over a spatial map then differs from the INT8 model by one output unit (it is
+not the same integer pipeline), and INT4 DEPTHWISE_CONV_2D filters differ by up to 3 units (they
+fall back to the reference kernels); the artifact must compute what the eager model computes.
 
->>> pack_int4_fully_connected(Path("model.tflite"), Path("model4.tflite"))   # doctest: +SKIP
-1
+>>> pack_int4_weights(Path("model.tflite"), Path("model4.tflite"))   # doctest: +SKIP
+{'FULLY_CONNECTED': 1}
 """
 
 from __future__ import annotations
@@ -38,36 +41,44 @@ def unpack_int4(packed: np.ndarray, count: int) -> np.ndarray:
     return np.stack([lo, hi], axis=1).ravel()[:count].astype(np.int8)
 
 
-def pack_int4_fully_connected(src: Path, dst: Path) -> int:
-    """Write ``src`` to ``dst`` with every INT8 FULLY_CONNECTED weight whose codes fit int4 stored as INT4.
+#: ops whose INT4 filter (input 1) LiteRT executes with the same integers as the INT8 filter
+PACKABLE_OPS = ("FULLY_CONNECTED",)
 
-    Returns how many weights were packed (``dst`` is written either way).
+
+def pack_int4_weights(src: Path, dst: Path, ops: tuple[str, ...] = PACKABLE_OPS) -> dict[str, int]:
+    """Write ``src`` to ``dst`` with every INT8 filter of ``ops`` whose codes fit int4 stored as INT4.
+
+    Returns how many filters were packed per op (``dst`` is written either way).
     """
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
+    wanted = {getattr(schema.BuiltinOperator, name): name for name in ops}
     buf = Path(src).read_bytes()
     model = schema.ModelT.InitFromPackedBuf(buf, 0)
-    packed = 0
+    packed = dict.fromkeys(ops, 0)
+    done: set[int] = set()  # a buffer shared by two ops is packed once
     for sg in model.subgraphs or []:
         for op in sg.operators or []:
             oc = model.operatorCodes[op.opcodeIndex]
-            if max(oc.builtinCode, oc.deprecatedBuiltinCode) != schema.BuiltinOperator.FULLY_CONNECTED:
+            name = wanted.get(max(oc.builtinCode, oc.deprecatedBuiltinCode))
+            if name is None or len(op.inputs) < 2 or op.inputs[1] < 0:
                 continue
             tensor = sg.tensors[op.inputs[1]]
             data = model.buffers[tensor.buffer].data
-            if tensor.type != schema.TensorType.INT8 or data is None or len(data) == 0:
+            if tensor.type != schema.TensorType.INT8 or data is None or len(data) == 0 or tensor.buffer in done:
                 continue
             codes = np.asarray(data, dtype=np.uint8).view(np.int8)
             if codes.min() < INT4_MIN or codes.max() > INT4_MAX:
                 continue
             model.buffers[tensor.buffer].data = pack_int4(codes)
             tensor.type = schema.TensorType.INT4
-            packed += 1
+            done.add(tensor.buffer)
+            packed[name] += 1
     builder = flatbuffers.Builder(len(buf))
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     Path(dst).write_bytes(builder.Output())
-    return packed
+    return {k: v for k, v in packed.items() if v}
 
 
 def int4_tensors(path: Path) -> set[int]:

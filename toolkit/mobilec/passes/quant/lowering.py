@@ -362,7 +362,7 @@ def _lower_tflite(deploy: nn.Module, example: torch.Tensor, out_path: Path) -> d
     from litert_torch.quantize import pt2e_quantizer, quant_config
 
     from mobilec.export.layers import tflite_records
-    from mobilec.export.tflite_int4 import pack_int4_fully_connected
+    from mobilec.export.tflite_int4 import pack_int4_weights
     from mobilec.io import atomic_path
 
     # the quantizer object only selects the converter's static QDQ mode; the qparams are already in the graph
@@ -375,13 +375,15 @@ def _lower_tflite(deploy: nn.Module, example: torch.Tensor, out_path: Path) -> d
                           hint="report this with the model; export to executorch meanwhile") from exc
     with atomic_path(out_path) as tmp:
         edge.export(str(tmp))
-        n_int4 = pack_int4_fully_connected(tmp, tmp)
+        n_int4 = pack_int4_weights(tmp, tmp)
     records = tflite_records(out_path)
     ops = _tflite_ops(out_path)
     notes = ["LiteRT ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(ops.items()))]
     if n_int4:
-        notes.append(f"{n_int4} FULLY_CONNECTED weight{'s' * (n_int4 > 1)} with codes in [-8, 7] stored as INT4 "
-                     "(LiteRT unpacks them to int8 when the model is prepared; same integers)")
+        counts = ", ".join(f"{n} {op}" for op, n in n_int4.items())
+        notes.append(f"INT4 weights: {counts} filter(s) with codes in [-8, 7] stored as INT4 (LiteRT unpacks them to "
+                     "int8 when the model is prepared; same integers); convolution filters stay INT8 (INT4 conv filters "
+                     "ran but did not compute the same integers: mobilec/export/tflite_int4.py)")
     delegation = {"backend": "LiteRT builtin kernels (XNNPACK delegate at run time)", "ops": ops}
     return {"records": records, "delegation": delegation, "notes": notes}
 
