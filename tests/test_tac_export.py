@@ -147,3 +147,30 @@ def test_checkpoint_keeps_the_output_roundings(tac_model, tmp_path: Path) -> Non
     lower_binary(again, "executorch", ctx.example_inputs, out, calibration=ctx.lowering.calibration)
     got = _artifact_logits(out, x)
     assert float((got.argmax(1) == ref.argmax(1).numpy()).mean()) == 1.0
+
+
+def test_kept_depthwise_convs_stay_float_and_the_artifact_still_matches(tac_model, tmp_path: Path) -> None:
+    """``keep_depthwise``: every depthwise conv stays a float conv (eager and artifact); the rest is binary."""
+    from mobilec.context import Context
+    from mobilec.report import RunReport
+
+    ds, _model, ctx = tac_model
+    ctx2 = Context(data=ds, workdir=tmp_path, report=RunReport(recipe="t", model={}, data={}),
+                   example_inputs=ctx.example_inputs, teacher=ctx.teacher, show_progress=False)
+    model = TACPass(keep_depthwise=True, fc_sparsity=0.75, fc_bits=4, prune_steps=1, epochs_binary=1,
+                    epochs_per_prune_step=1, epochs_quant=1, calibration_batches=4
+                    ).apply(copy.deepcopy(ctx.teacher), ctx2).eval()
+    depthwise = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert len(depthwise) == 2
+    assert not any(isinstance(model.get_submodule(n), BinaryConv2d) for n in depthwise)
+    assert sum(isinstance(m, BinaryConv2d) for m in model.modules()) == 5  # expand + project convs, conv 3
+    summary = ctx2.report.passes[-1].summary
+    assert summary["kept"].count("depthwise conv (keep_depthwise = true)") == 2
+    out = tmp_path / "model.pte"
+    art = lower_binary(model, "executorch", ctx.example_inputs, out, calibration=ctx2.lowering.calibration)
+    got = _artifact_logits(out, ds.x_test)
+    with torch.no_grad():
+        ref = model(ds.x_test).numpy()
+    assert float((got.argmax(1) == ref.argmax(1)).mean()) >= 0.995
+    stored = {layer.name: layer.stored for layer in art.layers}
+    assert all(stored[n] == "fp32" for n in depthwise), stored

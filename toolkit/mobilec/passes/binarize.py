@@ -26,7 +26,10 @@ The details the paper leaves open, as chosen here:
 - **Padding**: zero padding is applied after binarization, as in the float conv, so border
   taps see 0 (not ±1); the int8 artifact pads with the zero point, which is the same 0.
 - **Kept layers**: ``keep_first_conv`` (default true) leaves the first conv in float, as is
-  usual for binary networks; ``keep_last`` leaves the last layer (conv or linear) untouched.
+  usual for binary networks; ``keep_last`` leaves the last layer (conv or linear) untouched;
+  ``keep_depthwise`` (default false) leaves every depthwise conv in float: a 3×3 depthwise conv
+  has 9 weights per channel, so binarizing it saves little and, with its input binarized too,
+  costs most of a MobileNet's accuracy (measured: docs/tac.md).
   The report lists every layer with what was done to it.
 - **Training**: fine-tuning from the float model with distillation from ``ctx.teacher``
   (``(1−kd)·CE + kd·softCE``, T = 1), Adam by default; every schedule length is a parameter
@@ -330,6 +333,7 @@ class _BinaryBase(Pass):
 
     keep_first_conv: bool = True
     keep_last: bool = False
+    keep_depthwise: bool = False
     act_threshold: Literal["learned", "zero"] = "learned"
     threshold_batches: int = 4  # real batches (of batch_size) to initialise the learned thresholds
     lr: float = 1e-3
@@ -380,6 +384,8 @@ class _BinaryBase(Pass):
                 actions[name] = "kept: first conv (keep_first_conv = true)"
             elif self.keep_last and name == order[-1]:
                 actions[name] = "kept: last layer (keep_last = true)"
+            elif self.keep_depthwise and isinstance(mod, nn.Conv2d) and mod.groups > 1 and mod.groups == mod.in_channels:
+                actions[name] = "kept: depthwise conv (keep_depthwise = true)"
             elif isinstance(mod, nn.Conv2d):
                 if mod.padding_mode != "zeros":
                     actions[name] = f"kept: padding_mode {mod.padding_mode!r} (only zero padding can be binarized)"
