@@ -80,8 +80,9 @@ def pin_executorch_threadpool(threads: int = 1) -> None:
 
 
 # ----------------------------------------------------------------------------- rows
-def rows_from_report(rep: dict[str, Any], *, model: str, recipe: str, command: str, machine: str) -> list[dict[str, Any]]:
-    """One row per target of a run's report (report.json of ``mobilec export``)."""
+def rows_from_report(rep: dict[str, Any], *, model: str, recipe: str, command: str, machine: str,
+                     seed: int = 0) -> list[dict[str, Any]]:
+    """One row per target of a run's report (report.json of ``mobilec export``); ``seed`` is the run's seed."""
     passes = rep.get("passes", [])
     qat = next((p for p in passes if p["name"] in ("duq", "profit")), None)
     summ = qat["summary"] if qat else {}
@@ -109,12 +110,13 @@ def rows_from_report(rep: dict[str, Any], *, model: str, recipe: str, command: s
             "qat_steps": summ.get("steps"), "qat_mean_step_seconds": summ.get("mean_step_seconds"),
             "holdout_accuracy": summ.get("holdout_accuracy"),
             "aiwq_top3": (summ.get("aiwq_ranking") or [])[:3] or None,
-            "machine": machine, "command": command,
-            "cli_equivalent": f"mobilec export --recipe {recipe} --model {model} --target {art['target']}",
+            "seed": seed, "machine": machine, "command": command,
+            "cli_equivalent": f"mobilec export --recipe {recipe} --model {model} --target {art['target']}"
+                              + (f" --seed {seed}" if seed else ""),
         })
     for fail in rep.get("failures", []):
         if not any(r["target"] == fail["target"] for r in rows):
-            rows.append({"model": model, "recipe": recipe, "target": fail["target"], "accuracy": None,
+            rows.append({"model": model, "recipe": recipe, "target": fail["target"], "accuracy": None, "seed": seed,
                          "error": str(fail["error"])[:500], "machine": machine, "command": command})
     return rows
 
@@ -123,12 +125,13 @@ def run_row(model: str, recipe: str, targets: list[str], args: argparse.Namespac
             machine: str) -> list[dict[str, Any]]:
     from mobilec import api
 
-    out = args.workdir / f"{model}-{Path(recipe).stem}"
+    out = args.workdir / f"{model}-{Path(recipe).stem}" / f"seed{args.seed}"
     weights = args.weights_dir / f"{model}_{args.data.replace('-', '_')}.pt" if args.weights_dir else None
     t0 = time.perf_counter()
     res = api.export(recipe, model=model, weights=weights, data=args.data, targets=targets, out=out, force=True,
                      seed=args.seed, show_progress=False, profile=False, command=command)
-    rows = rows_from_report(res.report.to_dict(), model=model, recipe=res.report.recipe, command=command, machine=machine)
+    rows = rows_from_report(res.report.to_dict(), model=model, recipe=res.report.recipe, command=command, machine=machine,
+                            seed=args.seed)
     for r in rows:
         r["run_seconds"] = round(time.perf_counter() - t0, 1)
         r["run_dir"] = str(out)
@@ -194,20 +197,42 @@ def step_time(model_name: str, data_name: str, device: str, batches: int, seed: 
 
 
 # ----------------------------------------------------------------------------- goals, markdown
+def row_key(r: dict[str, Any]) -> tuple[str, str, str, int]:
+    """Rows merge by model, recipe, target and training seed (rows written before seeds were recorded: seed 0)."""
+    return r["model"], r["recipe"], r["target"], int(r.get("seed") or 0)
+
+
+def seed_accuracies(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[int, float]]:
+    """``{(model, recipe, target): {seed: artifact accuracy}}`` of the rows that have one."""
+    out: dict[tuple[str, str, str], dict[int, float]] = {}
+    for r in rows:
+        if r.get("accuracy") is not None:
+            out.setdefault((r["model"], r["recipe"], r["target"]), {})[int(r.get("seed") or 0)] = r["accuracy"]
+    return out
+
+
 def check_goals(rows: list[dict[str, Any]], steps: dict[str, Any]) -> dict[str, Any]:
-    by = {(r["model"], r["recipe"], r["target"]): r for r in rows if r.get("accuracy") is not None}
+    """The issue-3 goals, on the mean artifact accuracy over the seeds each recipe was run with."""
+    by = seed_accuracies(rows)
+    fp32 = {(r["model"], r["recipe"], r["target"]): r.get("fp32_accuracy") for r in rows}
     out: dict[str, Any] = {"targets": GOALS}
-    for (model, recipe, target), r in sorted(by.items()):
-        fp = r.get("fp32_accuracy")
+    for (model, recipe, target), accs in sorted(by.items()):
+        fp = fp32.get((model, recipe, target))
         if fp is None or recipe not in W4A4 + W3A3:
             continue
-        drop = (fp - r["accuracy"]) * 100
+        mean = sum(accs.values()) / len(accs)
+        drop = (fp - mean) * 100
         limit = GOALS["w4a4_max_drop_points"] if recipe in W4A4 else GOALS["w3a3_max_drop_points"]
-        out[f"{model}/{recipe}/{target}"] = {"drop_points_vs_fp32": round(drop, 3), "limit": limit, "met": drop <= limit}
-    for (model, recipe, target), r in sorted(by.items()):
-        if recipe == "profit3bit" and (model, "duq3bit", target) in by:
-            d = by[(model, "duq3bit", target)]["accuracy"]
-            out[f"{model}/profit3bit>duq3bit/{target}"] = {"profit3bit": r["accuracy"], "duq3bit": d, "met": r["accuracy"] > d}
+        out[f"{model}/{recipe}/{target}"] = {"drop_points_vs_fp32": round(drop, 3), "limit": limit, "met": drop <= limit,
+                                             "seeds": sorted(accs)}
+    for (model, recipe, target), accs in sorted(by.items()):
+        duq = by.get((model, "duq3bit", target))
+        if recipe == "profit3bit" and duq:
+            p_mean, d_mean = sum(accs.values()) / len(accs), sum(duq.values()) / len(duq)
+            paired = sorted(set(accs) & set(duq))
+            out[f"{model}/profit3bit>duq3bit/{target}"] = {
+                "profit3bit": round(p_mean, 5), "duq3bit": round(d_mean, 5), "met": p_mean > d_mean,
+                "seeds": paired, "profit_wins": sum(accs[s] > duq[s] for s in paired)}
     for model, s in steps.items():  # the slower of the two QAT step kinds (BN separate / BN folded) counts
         ratio = max(s["ratio"], s.get("ratio_folded", 0.0))
         out[f"{model}/qat_step_time_ratio"] = {"ratio": round(ratio, 3), "limit": GOALS["qat_step_time_max_ratio"],
@@ -273,6 +298,10 @@ def render_markdown(result: dict[str, Any]) -> str:
         if k == "targets":
             continue
         val = g.get("drop_points_vs_fp32", g.get("ratio", f"{_f(g.get('profit3bit'))} vs {_f(g.get('duq3bit'))}"))
+        seeds = g.get("seeds") or []
+        if len(seeds) > 1:
+            val = f"{val} (mean of seeds {', '.join(map(str, seeds))}"
+            val += f"; profit higher in {g['profit_wins']} of {len(seeds)})" if "profit_wins" in g else ")"
         lines.append(f"| {k} | {val} | {g.get('limit', '>')} | {'yes' if g['met'] else '**no**'} |")
     lines.append("")
     missing = missing_models(result["rows"])
@@ -318,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     for run_dir in args.from_run:
         rep = json.loads((run_dir / "report.json").read_text())
         model = rep["model"].get("name") or rep["model"].get("spec") or "?"
-        new_rows += rows_from_report(rep, model=model, recipe=rep["recipe"], command=rep.get("command") or "?", machine=desc)
+        new_rows += rows_from_report(rep, model=model, recipe=rep["recipe"], command=rep.get("command") or "?", machine=desc,
+                                     seed=int(rep.get("seed") or 0))
     if not args.from_run:
         targets = [t.strip() for t in args.targets.split(",") if t.strip()]
         for model in [m.strip() for m in args.models.split(",") if m.strip()]:
@@ -341,8 +371,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _save(result: dict[str, Any], new_rows: list[dict[str, Any]], desc: str, args: argparse.Namespace, write_json: Any,
           write_text: Any) -> None:
-    keys = {(r["model"], r["recipe"], r["target"]) for r in new_rows}
-    result["rows"] = [r for r in result["rows"] if (r["model"], r["recipe"], r["target"]) not in keys] + new_rows
+    keys = {row_key(r) for r in new_rows}
+    result["rows"] = [r for r in result["rows"] if row_key(r) not in keys] + new_rows
     result["machine"] = {"description": desc}
     result["goals"] = check_goals(result["rows"], result["step_time"])
     write_json(args.out, result)

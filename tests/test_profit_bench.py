@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -83,3 +85,24 @@ def test_rows_merge_by_model_recipe_target(tmp_path: Path) -> None:
     assert page.count(BEGIN) == 1 and page.index("## Goals") < page.index(BEGIN)
     assert "| m | profit4bit |" in page or "| profit4bit |" in page
     render_file(out, command=f"mobilec compare --bench {out}", check=True)
+
+
+def test_seeds_are_kept_apart_and_goals_use_their_mean() -> None:
+    b = _bench()
+    rows = []
+    for seed, (p3, d3) in enumerate(((0.90, 0.905), (0.92, 0.90), (0.91, 0.90))):
+        rows += b.rows_from_report(_report("profit3bit", p3), model="m", recipe="profit3bit", command="c", machine="h",
+                                   seed=seed)[:1]
+        rows += b.rows_from_report(_report("duq3bit", d3), model="m", recipe="duq3bit", command="c", machine="h",
+                                   seed=seed)[:1]
+    result: dict[str, Any] = {"rows": rows[:2], "step_time": {}}
+    merged = [r for r in result["rows"] if b.row_key(r) not in {b.row_key(n) for n in rows[2:]}] + rows[2:]
+    assert len(merged) == 6  # a second seed adds rows instead of replacing the first
+    assert rows[2]["cli_equivalent"].endswith("--seed 1") and not rows[0]["cli_equivalent"].endswith("--seed 0")
+    g = b.check_goals(merged, {})
+    win = g["m/profit3bit>duq3bit/executorch"]
+    assert win["met"] and win["seeds"] == [0, 1, 2] and win["profit_wins"] == 2
+    assert win["profit3bit"] == pytest.approx(0.91) and win["duq3bit"] == pytest.approx(0.90166, abs=1e-5)
+    assert g["m/profit3bit/executorch"]["drop_points_vs_fp32"] == pytest.approx(1.0)  # fp32 0.92 - mean 0.91
+    md = b.render_markdown({"rows": merged, "goals": g, "machine": {"description": "h"}, "step_time": {}})
+    assert "(mean of seeds 0, 1, 2; profit higher in 2 of 3)" in md

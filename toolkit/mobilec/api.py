@@ -144,6 +144,7 @@ def export(
         data={"name": dataset.name, "spec": data or DEFAULT_DATA, "n_train": len(dataset.y_train), "n_test": len(dataset.y_test)},
         command=command
         or "mobilec.export(" + ", ".join(f"{k}={v!r}" for k, v in _given(recipe, model, data, targets).items()) + ")",
+        seed=seed,
     )
     report.recipe_dict = rec.to_dict()  # type: ignore[attr-defined]
     ctx = _make_context(dataset, out_dir, report, torch_model, seed, show_progress)

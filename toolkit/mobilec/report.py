@@ -50,6 +50,7 @@ class RunReport:
     notes: list[str] = field(default_factory=list)
     plots: list[dict[str, Any]] = field(default_factory=list)  # plots.PlotRecord dicts: file or error
     command: str = ""
+    seed: int = 0  # the run's seed (data order, initialisations, hold-out splits)
 
     def add_pass(self, name: str, params: dict[str, Any], seconds: float, **summary: Any) -> PassRecord:
         rec = PassRecord(name=name, params=params, seconds=seconds, summary=dict(summary))
@@ -60,6 +61,7 @@ class RunReport:
         return {
             "recipe": self.recipe,
             "command": self.command,
+            "seed": self.seed,
             "model": self.model,
             "data": self.data,
             "machine": self.machine,
@@ -137,6 +139,8 @@ def render_markdown(rep: dict[str, Any]) -> str:
     lines.append(f"- machine: {mach.get('cpu')} ({mach.get('cores')} cores)")
     if rep.get("command"):
         lines.append(f"- command: `{rep['command']}`")
+    if "seed" in rep:
+        lines.append(f"- seed: {rep['seed']}")
     acc = rep.get("accuracy", {})
     if acc:
         lines.append("- eager accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in acc.items()))
