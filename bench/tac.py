@@ -136,8 +136,9 @@ def _f(x: Any, spec: str) -> str:
 
 def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = ["# TAC vs binary-all vs fp32 (Fashion-MNIST)", "",
-             f"- machine: {meta['machine'].get('cpu')} ({meta['machine'].get('cores')} cores, CPU only, shared with other jobs; "
-             "load averages per row in tac.json)",
+             "- machines: " + "; ".join(sorted({f"{m.get('cpu')} ({m.get('cores')} cores)" for m in
+                                                [r.get("machine") or meta["machine"] for r in rows] or [meta["machine"]]}))
+             + ", CPU only, shared with other jobs (each row's machine and load averages are in tac.json)",
              f"- command: `{meta['command']}`",
              *([f"- note: {meta['note']}"] if meta.get("note") else []), "",
              "Accuracy is measured from the artifact in its runtime on the 10,000 test images; eager accuracy is the "
