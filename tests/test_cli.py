@@ -27,6 +27,21 @@ def test_recipes_and_passes_list_descriptions() -> None:
     assert "ptq" in out
 
 
+def test_models_lists_the_zoo_with_its_checkpoints() -> None:
+    import json
+
+    from mobilec.models import WEIGHTS_DIR, list_models
+
+    result = CliRunner().invoke(main, ["models"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert [ln.split()[0] for ln in lines] == list_models()
+    acc = json.loads((WEIGHTS_DIR / "mobilenet_v2_fashion_mnist.json").read_text())["test_accuracy"]
+    v2 = next(ln for ln in lines if ln.startswith("mobilenet_v2 "))
+    assert "(default model)" in v2 and f"{acc:.2%} test top-1" in v2
+    assert "no shipped checkpoint" in next(ln for ln in lines if ln.startswith("resnet_small "))
+
+
 def _one_error_line(result) -> str:
     assert result.exit_code == 2, result.output
     lines = [ln for ln in result.output.splitlines() if ln.strip()]

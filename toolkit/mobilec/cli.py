@@ -303,11 +303,22 @@ def passes() -> None:
 @main.command()
 @_friendly
 def models() -> None:
-    """List the reference models in the zoo."""
-    from mobilec.models import list_models
+    """List the reference models in the zoo and their shipped checkpoints."""
+    import json
 
-    for name, desc in list_models().items():
-        click.echo(f"{name:<20}  {desc}")
+    from mobilec.models import get_entry, list_models
+
+    for name in list_models():
+        entry = get_entry(name)
+        path = entry.weights_path
+        if path is None:
+            shipped = "no shipped checkpoint (--weights W)"
+        else:
+            meta_path = path.with_suffix(".json")
+            meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+            acc = meta.get("test_accuracy")
+            shipped = f"{entry.default_data} checkpoint" + (f", {acc:.2%} test top-1" if acc is not None else "")
+        click.echo(f"{name:<20}  {entry.description}; {shipped}")
 
 
 @main.command()
