@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from export_models import artifact, digits, tiny_cnn, trained_tiny
@@ -30,8 +32,24 @@ class _Perturbed(nn.Module):
         return out + self.scale * out.abs().max() * torch.randn(out.shape, generator=g)
 
 
+class _SameRuntime(nn.Module):
+    """The artifact's own runtime session as the reference: outputs identical by construction."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        from mobilec.runtimes import open_artifact
+
+        self.session = open_artifact(path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.concatenate([self.session.run(x[i:i + 1].numpy()) for i in range(len(x))]))
+
+
 def test_identical_outputs_pass_and_serialise() -> None:
-    art = artifact("onnx", True)  # int8 ORT vs its own QDQ simulation: bit-identical here
+    # int8 ORT vs itself (its QDQ float simulation is one output step off on some CPUs: measured on an
+    # Intel Xeon, bit-identical on an AMD EPYC), so a zero tolerance is met exactly
+    art = artifact("onnx", True)
+    art = dataclasses.replace(art, reference=_SameRuntime(art.path), reference_name="the same .onnx in onnxruntime")
     result = verify_artifact(art, digits(), VerifySpec(min_top1_agreement=1.0, max_abs_error=0.0), show_progress=True)
     assert result.passed and result.failures == []
     assert result.max_abs_error == 0.0 and result.snr_db == float("inf")
