@@ -273,8 +273,8 @@ def render_markdown(result: dict[str, Any]) -> str:
     :mod:`mobilec.bench_render` (``mobilec compare --bench bench/results/profit.json`` regenerates it)."""
     lines = [f"# DuQ / PROFIT benchmark ({result.get('data', 'fashion-mnist')})", "",
              "- machines (each row's is in its `machine` field; compare times only between rows of one machine): "
-             + "; ".join(sorted({r.get("machine") or result["machine"]["description"] for r in result["rows"]}
-                                or {result["machine"]["description"]})),
+             + "; ".join(sorted({r.get("machine") or result["machine"]["description"] for r in result["rows"]})
+                         or [result["machine"]["description"]]),
              "- accuracy = the exported artifact run in its runtime on the full test split; eager_accuracy = the compressed "
              "torch model; fp32_accuracy = the shipped checkpoint (eager). Bits: conv weights are stored as int8 codes "
              "(neither runtime executes narrower conv weights); linear weights of 4 or fewer information bits are stored "

@@ -134,10 +134,14 @@ def _f(x: Any, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _machine(m: dict[str, Any]) -> str:
+    return f"{m.get('cpu')} ({m.get('cores')} cores)"
+
+
 def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = ["# TAC vs binary-all vs fp32 (Fashion-MNIST)", "",
-             "- machines: " + "; ".join(sorted({f"{m.get('cpu')} ({m.get('cores')} cores)" for m in
-                                                [r.get("machine") or meta["machine"] for r in rows] or [meta["machine"]]}))
+             "- machines: " + "; ".join(sorted({_machine(r.get("machine") or meta["machine"]) for r in rows})
+                                        or [_machine(meta["machine"])])
              + ", CPU only, shared with other jobs (each row's machine and load averages are in tac.json)",
              f"- command: `{meta['command']}`",
              *([f"- note: {meta['note']}"] if meta.get("note") else []), "",

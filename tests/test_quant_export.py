@@ -18,6 +18,18 @@ def digits_like(n: int = 120, seed: int = 3) -> torch.Tensor:
     return load_dataset("digits").x_test[:n].clone() if seed == 3 else torch.randn(n, 1, 8, 8)
 
 
+def assert_runs_the_eager_integers(path, qm: torch.nn.Module, x: torch.Tensor) -> None:
+    """The artifact in its runtime gives the eager fake-quant model's classes and logits (float ties aside)."""
+    from mobilec.runtimes import open_artifact
+
+    session = open_artifact(path)
+    out = np.concatenate([session.run(x[i:i + 1].numpy()) for i in range(len(x))])
+    with torch.no_grad():
+        ref = qm(x).numpy()
+    assert (out.argmax(1) == ref.argmax(1)).mean() == 1.0
+    assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
 def expected_containers(qm: torch.nn.Module, by: dict) -> dict[str, str]:
     """The smallest container each runtime executes with the eager model's integers: int4 for <= 4-bit
     linear weights, int8 for every conv (neither XNNPACK nor LiteRT runs int4 conv filters exactly)."""
@@ -51,19 +63,12 @@ def test_lowering_needs_a_folded_duq_model() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("target", ["executorch", "tflite"])
 def test_artifact_runs_the_same_integers(target: str, tmp_path) -> None:
-    from mobilec.runtimes import open_artifact
-
     qm = fold_batchnorm(quantized_tiny(4))
     x = digits_like()
     path = tmp_path / ("m.pte" if target == "executorch" else "m.tflite")
     art = lower_duq(qm, target, (x[:1],), path)
     assert path.is_file() and art.size_bytes == path.stat().st_size and art.reference is qm
-    session = open_artifact(path)
-    out = np.concatenate([session.run(x[i:i + 1].numpy()) for i in range(len(x))])
-    with torch.no_grad():
-        ref = qm(x).numpy()
-    assert (out.argmax(1) == ref.argmax(1)).mean() == 1.0
-    assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
+    assert_runs_the_eager_integers(path, qm, x)
     # every conv/linear is stored as integer codes on its DuQ grid and executed int8
     names = {layer.name for layer in art.layers}
     assert names == {"stem.0", "dw.0", "pw.0", "expand.0", "dw2.0.conv", "se1", "se2", "project.0", "head"}
@@ -82,8 +87,6 @@ def test_artifact_runs_the_same_integers(target: str, tmp_path) -> None:
 @pytest.mark.parametrize(("bits", "target"), [(4, "executorch"), (3, "executorch"), (4, "tflite"), (3, "tflite")])
 def test_low_bit_linear_is_stored_as_int4(bits: int, target: str, tmp_path) -> None:
     """A <= 4-bit linear's codes are stored packed (XNNPACK qcint4, LiteRT INT4) and still compute the eager integers."""
-    from mobilec.runtimes import open_artifact
-
     qm = fold_batchnorm(quantized_tiny(bits, first_last_bits=None))
     x = digits_like()
     path = tmp_path / ("m.pte" if target == "executorch" else "m.tflite")
@@ -106,12 +109,7 @@ def test_low_bit_linear_is_stored_as_int4(bits: int, target: str, tmp_path) -> N
         assert (tmp_path / "m8.pte").stat().st_size - art.size_bytes >= head.params // 2
     else:
         assert any("INT4 weights: 1 FULLY_CONNECTED filter(s) with codes in [-8, 7] stored as INT4" in n for n in art.notes)
-    session = open_artifact(path)
-    out = np.concatenate([session.run(x[i:i + 1].numpy()) for i in range(len(x))])
-    with torch.no_grad():
-        ref = qm(x).numpy()
-    assert (out.argmax(1) == ref.argmax(1)).mean() == 1.0
-    assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
+    assert_runs_the_eager_integers(path, qm, x)
 
 
 def test_onnx_is_refused_with_a_fix(tmp_path) -> None:

@@ -2,8 +2,8 @@
 
 litert-torch's static int8 mode writes every weight as INT8, also the codes of a 4-bit (or
 lower) DuQ layer. LiteRT's FULLY_CONNECTED kernel takes INT4 filters with int8 inputs (two codes
-a byte, low nibble first, unpacked to int8 when the model is prepared), so such a weight is
-rewritten to INT4: the same integers, half the bytes, identical outputs. Convolutions keep INT8,
+a byte, low nibble first), so such a weight is rewritten to INT4: the same integers, half the
+bytes, and outputs equal to the INT8 model's (tests/test_quant_export.py). Convolutions keep INT8,
 measured with ai-edge-litert and its XNNPACK delegate on the DuQ test model: INT4 CONV_2D filters
 run, but a 1x1 conv over a spatial map then differs from the INT8 model by one output unit (it is
 not the same integer pipeline), and INT4 DEPTHWISE_CONV_2D filters differ by up to 3 units (they

@@ -381,8 +381,8 @@ def _lower_tflite(deploy: nn.Module, example: torch.Tensor, out_path: Path) -> d
     notes = ["LiteRT ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(ops.items()))]
     if n_int4:
         counts = ", ".join(f"{n} {op}" for op, n in n_int4.items())
-        notes.append(f"INT4 weights: {counts} filter(s) with codes in [-8, 7] stored as INT4 (LiteRT unpacks them to "
-                     "int8 when the model is prepared; same integers); convolution filters stay INT8 (INT4 conv filters "
+        notes.append(f"INT4 weights: {counts} filter(s) with codes in [-8, 7] stored as INT4 (the same integer codes, "
+                     "executed with int8 activations); convolution filters stay INT8 (INT4 conv filters "
                      "ran but did not compute the same integers: mobilec/export/tflite_int4.py)")
     delegation = {"backend": "LiteRT builtin kernels (XNNPACK delegate at run time)", "ops": ops}
     return {"records": records, "delegation": delegation, "notes": notes}
