@@ -299,3 +299,54 @@ def test_fused_kernels_match_the_eager_quantizer(kind: str) -> None:
         assert torch.allclose(ga1, ga2, rtol=1e-4) and torch.allclose(gc1, gc2, rtol=1e-4)
     finally:
         enable_fused_kernels(False)
+
+
+@pytest.mark.slow
+def test_fused_kernels_compile_once_for_every_layer_shape() -> None:
+    """One compiled graph per kernel serves 4-D activations, 2-D weight Parameters, channels-last and
+    non-contiguous inputs, and both grad modes: past dynamo's recompile limit every call ran the slow
+    fallback (the bug this guards against)."""
+    from torch._dynamo.utils import counters
+
+    from mobilec.passes.quant.duq import enable_fused_kernels
+
+    assert enable_fused_kernels(True) is None
+    try:
+        inputs = [torch.randn(4, 8, 32, 32), torch.randn(2, 16, 28, 28).to(memory_format=torch.channels_last),
+                  torch.randn(64, 40, 9, 9).transpose(2, 3), nn.Parameter(torch.randn(300, 200)), torch.randn(5, 7, 30, 31, 2)]
+        before = counters["stats"]["unique_graphs"]
+        for kind in ("signed", "unsigned", "hswish"):
+            for x in inputs:
+                q = DuQuantizer(kind, 4)
+                q.set_range(torch.tensor(1.3), torch.tensor(0.8))
+                leaf = x if isinstance(x, nn.Parameter) else x.clone().requires_grad_(True)
+                q(leaf).sum().backward()
+                with torch.no_grad():
+                    q(x)
+        assert counters["stats"]["unique_graphs"] == before
+    finally:
+        enable_fused_kernels(False)
+
+
+@pytest.mark.parametrize("kind", ["signed", "unsigned", "hswish"])
+def test_per_channel_gradients_equal_the_hardtanh_formulation(kind: str) -> None:
+    """Per-channel ``a``/``c`` (weights): the one-node quantizer's gradients equal autograd through
+    softplus, hardtanh and a straight-through round."""
+    torch.manual_seed(0)
+    q = DuQuantizer(kind, 3, channels=6, ch_axis=0)
+    q.set_range(torch.linspace(0.5, 2.0, 6), torch.linspace(0.4, 1.5, 6))
+    x = (torch.randn(6, 4, 3, 3) * 1.5).requires_grad_(True)
+    g = torch.randn(x.shape)
+    (q(x) * g).sum().backward()
+    a_raw = q.a_raw.detach().clone().requires_grad_(True)
+    c_raw = q.c_raw.detach().clone().requires_grad_(True)
+    xr = x.detach().clone().requires_grad_(True)
+    a, c = F.softplus(a_raw).view(-1, 1, 1, 1), F.softplus(c_raw).view(-1, 1, 1, 1)
+    off = q.offset
+    u = F.hardtanh((xr + off) / a, q.lower, 1.0) * q.levels
+    ref = c * (u + (torch.round(u) - u).detach()) / q.levels - off
+    (ref * g).sum().backward()
+    assert torch.allclose(q(x).detach(), ref.detach(), atol=1e-6)
+    assert torch.allclose(x.grad, xr.grad, atol=1e-6)
+    assert torch.allclose(q.a_raw.grad, a_raw.grad, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(q.c_raw.grad, c_raw.grad, rtol=1e-4, atol=1e-6)

@@ -80,17 +80,44 @@ def _bwd_kernel(g: torch.Tensor, x: torch.Tensor, off: torch.Tensor, lo_val: tor
     return gm * ca, (gm * xs).sum(), (g * codes).sum()
 
 
-#: torch.compile'd versions of the two kernels above (see :func:`enable_fused_kernels`).
+#: torch.compile'd versions of the two kernels above (see :func:`enable_fused_kernels`), one per code dtype.
 _FUSED: dict[str, Any] = {"fwd": None, "bwd": None}
 _FUSED_MIN_NUMEL = 1 << 14
+
+
+def _fwd_kernel_int8(x: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor, k: torch.Tensor, step: torch.Tensor,
+                     off: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _fwd_kernel(x, scale, lo, k, step, off, torch.int8)
+
+
+def _fwd_kernel_uint8(x: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor, k: torch.Tensor, step: torch.Tensor,
+                      off: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _fwd_kernel(x, scale, lo, k, step, off, torch.uint8)
+
+
+def _compile_kernels() -> tuple[dict[torch.dtype, Any], Any]:
+    """Compiled kernels that see only flat, contiguous, plain float32 tensors (see :func:`_flat`), in
+    no-grad mode (as inside autograd), one function per code dtype (dynamo caches per function):
+    so one graph each serves every layer. Varied ranks, view bases, dtypes and grad modes each cost a
+    recompile, and past dynamo's recompile limit (8) every call ran the slow fallback: measured, the
+    'fused' step was then slower than the eager one."""
+    fwd = {torch.int8: torch.compile(_fwd_kernel_int8, dynamic=True),
+           torch.uint8: torch.compile(_fwd_kernel_uint8, dynamic=True)}
+    return fwd, torch.compile(_bwd_kernel, dynamic=True)
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a plain (not a Parameter, no view base), contiguous 1-D tensor, sharing memory when ``t`` is contiguous
+    (an expanded gradient, stride 0, is copied)."""
+    return t.contiguous().view(-1).detach()
 
 
 def enable_fused_kernels(enabled: bool = True) -> str | None:
     """Fuse the per-tensor DuQ forward/backward into single kernels with ``torch.compile`` (inductor).
 
     Numerically the same as the eager path (multiply, clamp, round in float32). The kernels are
-    compiled and tried here on small tensors; if the platform cannot compile (no C++ toolchain,
-    ...) the eager path stays on and the error text is returned. Returns None on success.
+    compiled and tried here; if the platform cannot compile (no C++ toolchain, ...) the eager path
+    stays on and the error text is returned. Returns None on success.
     """
     if not enabled:
         _FUSED.update(fwd=None, bwd=None)
@@ -98,17 +125,18 @@ def enable_fused_kernels(enabled: bool = True) -> str | None:
     if _FUSED["fwd"] is not None:
         return None
     try:
-        fwd = torch.compile(_fwd_kernel, dynamic=True)
-        bwd = torch.compile(_bwd_kernel, dynamic=True)
+        fwd, bwd = _compile_kernels()
         one = torch.tensor(1.0)
-        for shape in ((2, 3, 4, 5), (3, 7)):
-            x = torch.randn(shape)
-            for dt, lo in ((torch.int8, -1.0), (torch.uint8, 0.0)):
-                out, codes = fwd(x, one * 7, one * lo * 7, one * 7, one / 7, one * 0, dt)
-                ref, ref_codes = _fwd_kernel(x, one * 7, one * lo * 7, one * 7, one / 7, one * 0, dt)
-                if not (torch.equal(codes, ref_codes) and torch.allclose(out, ref)):
-                    return "the compiled DuQ kernel disagrees with the eager one"
-                bwd(x, x, one * 0, one * lo, one, one, codes)
+        with torch.no_grad():
+            for n in (_FUSED_MIN_NUMEL, 3 * _FUSED_MIN_NUMEL + 7):  # two sizes: the graph is compiled size-generic
+                x = torch.randn(n)
+                for dt, lo in ((torch.int8, -1.0), (torch.uint8, 0.0)):
+                    args = (x, one * 7, one * lo * 7, one * 7, one / 7, one * 0)
+                    out, codes = fwd[dt](*args)
+                    ref, ref_codes = _fwd_kernel(*args, dt)
+                    if not (torch.equal(codes, ref_codes) and torch.allclose(out, ref)):
+                        return "the compiled DuQ kernel disagrees with the eager one"
+                    bwd(torch.randn(n), x, one * 0, one * lo, one, one, codes)  # g and x distinct, as in training
     except Exception as exc:  # no compiler, unsupported platform, ...
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
     _FUSED.update(fwd=fwd, bwd=bwd)
@@ -119,22 +147,42 @@ def fused_kernels_enabled() -> bool:
     return _FUSED["fwd"] is not None
 
 
+_CONSTS: dict[tuple[float, float, float], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+def _const_tensors(lo: float, k: float, off: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(lo·k, k, off)`` as 0-dim tensors for the compiled kernels, made once per grid (not once per call)."""
+    key = (lo, k, off)
+    if key not in _CONSTS:
+        _CONSTS[key] = (torch.tensor(lo * k), torch.tensor(k), torch.tensor(off))
+    return _CONSTS[key]
+
+
 class _DuQFunction(torch.autograd.Function):
     """``c·round(k·clip((x+off)/a, lo, 1))/k − off`` with a straight-through round, in few memory passes.
 
+    Takes the raw parameters (``a = softplus(a_raw)``, ``c = softplus(c_raw)``, viewed to ``shape``
+    when per-channel) so that one autograd node does all of it: a training step runs ~100 of these,
+    and on a small model the per-op overhead of separate softplus/view nodes was measurable.
+
     Gradients are those of the hardtanh formulation: ∂/∂x = c/a inside the clip range (0 outside),
-    ∂/∂a = −(c/a)·(x+off)/a inside, ∂/∂c = round(...)/k everywhere. The codes are kept as 8-bit
+    ∂/∂a = −(c/a)·(x+off)/a inside, ∂/∂c = round(...)/k everywhere, then through softplus
+    (``aten.softplus_backward``, the same op autograd would use). The codes are kept as 8-bit
     integers for the backward pass.
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, a: torch.Tensor, c: torch.Tensor, lo: float, k: float,
-                off: float) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, a_raw: torch.Tensor, c_raw: torch.Tensor, lo: float, k: float,
+                off: float, shape: tuple[int, ...] | None) -> torch.Tensor:
+        a, c = F.softplus(a_raw), F.softplus(c_raw)
+        if shape is not None:
+            a, c = a.view(shape), c.view(shape)
         code_dtype = torch.int8 if lo < 0 else torch.uint8
-        fused = _FUSED["fwd"] is not None and a.dim() == 0 and x.numel() >= _FUSED_MIN_NUMEL
+        fused = _FUSED["fwd"] is not None and shape is None and x.numel() >= _FUSED_MIN_NUMEL
         if fused:
-            out, codes = _FUSED["fwd"](x, k / a, a.new_tensor(lo * k), a.new_tensor(k), c / k, a.new_tensor(off),
-                                       code_dtype)
+            lo_k, k_t, off_t = _const_tensors(lo, k, off)
+            out, codes = _FUSED["fwd"][code_dtype](_flat(x), k / a, lo_k, k_t, c / k, off_t)
+            out = out.view(x.shape)
         else:
             t = (x + off).mul_(k / a) if off else x * (k / a)
             t.clamp_(lo * k, k).round_()
@@ -142,29 +190,34 @@ class _DuQFunction(torch.autograd.Function):
             out = t.mul_(c / k)
             if off:
                 out.sub_(off)
-        ctx.save_for_backward(x, a, c, codes)
+        ctx.save_for_backward(x, a_raw, c_raw, a, c, codes)
         ctx.consts = (lo, k, off, fused)
         return out
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, a, c, codes = ctx.saved_tensors
+        x, a_raw, c_raw, a, c, codes = ctx.saved_tensors
         lo, k, off, fused = ctx.consts
         ca = c / a
         if fused:
-            grad_x, sum_a, sum_c = _FUSED["bwd"](g.contiguous(), x, a.new_tensor(off), lo * a, a, ca, codes)
-            return grad_x, sum_a * (-ca / a), sum_c / k, None, None, None
-        xs = x + off if off else x
-        inside = (xs > lo * a).logical_and_(xs < a)
-        gm = g * inside
-        grad_x = grad_a = grad_c = None
-        if ctx.needs_input_grad[0]:
-            grad_x = gm * ca
-        if ctx.needs_input_grad[1]:  # −(c/a)·Σ g·(x+off)/a over the clip range
-            grad_a = _sum_to(gm.mul_(xs), a).mul_(-ca / a)
-        if ctx.needs_input_grad[2]:
-            grad_c = _sum_to(g * codes, c).div_(k)
-        return grad_x, grad_a, grad_c, None, None, None
+            grad_x, sum_a, sum_c = _FUSED["bwd"](_flat(g), _flat(x), _const_tensors(lo, k, off)[2], lo * a, a, ca, codes)
+            grad_x, grad_a, grad_c = grad_x.view(x.shape), sum_a * (-ca / a), sum_c / k
+        else:
+            xs = x + off if off else x
+            inside = (xs > lo * a).logical_and_(xs < a)
+            gm = g * inside
+            grad_x = grad_a = grad_c = None
+            if ctx.needs_input_grad[0]:
+                grad_x = gm * ca
+            if ctx.needs_input_grad[1]:  # −(c/a)·Σ g·(x+off)/a over the clip range
+                grad_a = _sum_to(gm.mul_(xs), a).mul_(-ca / a)
+            if ctx.needs_input_grad[2]:
+                grad_c = _sum_to(g * codes, c).div_(k)
+        if grad_a is not None and ctx.needs_input_grad[1]:
+            grad_a = torch.ops.aten.softplus_backward(grad_a.reshape(a_raw.shape), a_raw, 1.0, 20.0)
+        if grad_c is not None and ctx.needs_input_grad[2]:
+            grad_c = torch.ops.aten.softplus_backward(grad_c.reshape(c_raw.shape), c_raw, 1.0, 20.0)
+        return grad_x, grad_a, grad_c, None, None, None, None
 
 
 class DuQuantizer(nn.Module):
@@ -279,9 +332,12 @@ class DuQuantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not bool(self.enabled):
             return x
-        a = self._view(self.a(), x)
-        c = self._view(self.c(), x)
-        return _DuQFunction.apply(x, a, c, self.lower, float(self.levels), self.offset)
+        shape = None
+        if self.per_channel:
+            dims = [1] * x.dim()
+            dims[self.ch_axis] = -1
+            shape = tuple(dims)
+        return _DuQFunction.apply(x, self.a_raw, self.c_raw, self.lower, float(self.levels), self.offset, shape)
 
     @torch.no_grad()
     def codes(self, x: torch.Tensor) -> torch.Tensor:
@@ -321,7 +377,7 @@ class Int8FakeQuant(nn.Module):
     def observe(self, x: torch.Tensor) -> None:
         lo, hi = x.detach().aminmax()
         lo, hi = lo.float(), hi.float()
-        if not (torch.isfinite(lo) and torch.isfinite(hi)):
+        if not math.isfinite(float(lo) - float(hi)):  # inf - inf and nan give nan: one check for both ends
             raise MobilecError("non-finite activations reached an int8 observer: training diverged",
                                hint="lower lr (or quant_lr_scale) in the recipe, or start from a trained model")
         if not bool(self.observed):
