@@ -95,6 +95,34 @@ def test_mobilenet_v3_negative_padding_after_hswish() -> None:
     assert mobilenet_v3_small(pad_value=0.0).features[1].block[0][0].__class__ is nn.Conv2d
 
 
+def test_mobilenet_v3_squeeze_excite_is_linear_and_1x1_conv_checkpoints_load(tmp_path: Path) -> None:
+    """The SE layers are Linear on the pooled vector (what int4 runtimes run as fully-connected), the
+    same function as the paper's 1×1 convs; a checkpoint with the conv layout loads with equal outputs."""
+    import torch.nn.functional as F
+
+    from mobilec.io import load_matching_state_dict
+    from mobilec.models.zoo import SqueezeExcite
+
+    torch.manual_seed(0)
+    model = mobilenet_v3_small().eval()
+    ses = [m for m in model.modules() if isinstance(m, SqueezeExcite)]
+    assert len(ses) == 9 and all(isinstance(se.fc1, nn.Linear) and isinstance(se.fc2, nn.Linear) for se in ses)
+    se = ses[0]
+    x = torch.randn(2, se.fc1.in_features, 7, 7)
+    pooled = x.mean((2, 3), keepdim=True)  # the 1×1-conv formulation
+    h = F.relu(F.conv2d(pooled, se.fc1.weight[:, :, None, None], se.fc1.bias))
+    ref = x * F.hardsigmoid(F.conv2d(h, se.fc2.weight[:, :, None, None], se.fc2.bias))
+    with torch.no_grad():
+        assert torch.allclose(se(x), ref, atol=1e-6)
+    old = {k: v[:, :, None, None] if k.endswith((".fc1.weight", ".fc2.weight")) else v for k, v in model.state_dict().items()}
+    torch.save(old, tmp_path / "v3_conv_se.pt")
+    loaded = mobilenet_v3_small()
+    load_matching_state_dict(loaded, tmp_path / "v3_conv_se.pt")
+    images = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(images), model(images))
+
+
 # --------------------------------------------------------------------------- loader
 
 

@@ -149,8 +149,15 @@ def _pickled_callables(path: Path, limit: int = 1 << 24) -> list[str]:
 
 
 def load_matching_state_dict(model: torch.nn.Module, path: Path) -> None:
-    """Load ``path`` into ``model``; missing, unexpected or mis-shaped keys are named in the error."""
+    """Load ``path`` into ``model``; missing, unexpected or mis-shaped keys are named in the error.
+
+    A model with an ``upgrade_state_dict(state)`` method first maps older layouts of its own
+    checkpoints onto the current one (e.g. zoo MobileNet v3's squeeze-excite convs → Linear).
+    """
     state = load_state_dict(path)
+    upgrade = getattr(model, "upgrade_state_dict", None)
+    if callable(upgrade):
+        state = upgrade(state)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -101,8 +101,10 @@ def _classifier_head(cin: int, hidden: int | None, num_classes: int, dropout: fl
 
 
 def _init_weights(model: nn.Module) -> None:
+    # squeeze-excite FC layers stand for 1x1 convs: initialised as those (kaiming, fan-out)
+    conv_like = {id(fc) for se in model.modules() if isinstance(se, SqueezeExcite) for fc in (se.fc1, se.fc2)}
     for m in model.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, nn.Conv2d) or id(m) in conv_like:
             nn.init.kaiming_normal_(m.weight, mode="fan_out")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
@@ -227,19 +229,25 @@ def mobilenet_v2(num_classes: int = 10, in_channels: int = 1, width_mult: float 
 
 
 class SqueezeExcite(nn.Module):
-    """Squeeze-excite with hard-sigmoid gate (MobileNet v3)."""
+    """Squeeze-excite with hard-sigmoid gate (MobileNet v3).
+
+    The paper's two 1×1 convs act on the pooled 1×1 map, so they are Linear layers on the pooled
+    vector here: the same function, which integer runtimes then execute as fully-connected layers,
+    and those take 4-bit weights (XNNPACK qc4w, LiteRT INT4) where convolutions do not.
+    Checkpoints with the 1×1-conv layout load through :meth:`MobileNetV3Small.upgrade_state_dict`.
+    """
 
     def __init__(self, channels: int, squeeze: int) -> None:
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(channels, squeeze, 1)
+        self.fc1 = nn.Linear(channels, squeeze)
         self.act = nn.ReLU(inplace=True)
-        self.fc2 = nn.Conv2d(squeeze, channels, 1)
+        self.fc2 = nn.Linear(squeeze, channels)
         self.gate = nn.Hardsigmoid()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.gate(self.fc2(self.act(self.fc1(self.pool(x)))))
-        return x * s
+        s = self.gate(self.fc2(self.act(self.fc1(torch.flatten(self.pool(x), 1)))))
+        return x * s.view(s.shape[0], s.shape[1], 1, 1)
 
 
 class V3Block(nn.Module):
@@ -310,6 +318,16 @@ class MobileNetV3Small(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+    @staticmethod
+    def upgrade_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Checkpoints whose squeeze-excite layers are 1×1 convs (``[out, in, 1, 1]`` weights, mobilec
+        before 2026-12-06, e.g. the shipped one) in this model's Linear layout: the same numbers."""
+        out = dict(state)
+        for key, t in state.items():
+            if key.endswith((".fc1.weight", ".fc2.weight")) and t.dim() == 4 and t.shape[2:] == (1, 1):
+                out[key] = t.reshape(t.shape[0], t.shape[1])
+        return out
 
 
 def mobilenet_v3_small(num_classes: int = 10, in_channels: int = 1, width_mult: float = 1.0,
