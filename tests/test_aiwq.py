@@ -66,3 +66,31 @@ def test_plot_is_a_png(tmp_path) -> None:
     path = plot_aiwq({"a": 0.1, "b": 0.3, "c": 0.0}, tmp_path / "aiwq.png", title="t", frozen=(["b"], ["a"]))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_squeeze_excite_linears_are_measured_as_the_1x1_convs_they_stand_for() -> None:
+    """AIWQ covers convs, not classifier FC layers; the zoo v3's squeeze-excite Linear layers (1×1 convs on a
+    1×1 map, marked conv1x1) are measured, get values during training, and can be ranked and frozen."""
+    from mobilec.models.zoo import mobilenet_v3_small
+    from mobilec.passes.quant.qmodules import QLinear, convert_to_duq, enable_quantizers, init_activation_quantizers, init_weight_quantizers
+
+    torch.manual_seed(0)
+    qm = convert_to_duq(mobilenet_v3_small(), weight_bits=4, act_bits=4)
+    x = torch.randn(16, 1, 28, 28)
+    init_activation_quantizers(qm, x)
+    init_weight_quantizers(qm)
+    enable_quantizers(qm, acts=True, weights=True)
+    meter = AIWQMeter(qm)
+    linears = {n for n, m in quant_layers(qm) if isinstance(m, QLinear)}
+    se = {n for n in linears if ".fc" in n}
+    assert len(se) == 18 and se <= set(meter.layers)
+    assert not (linears - se) & set(meter.layers)  # the classifier's two Linear layers are not measured
+    opt = torch.optim.SGD(qm.parameters(), lr=0.05)
+    qm.train()
+    with meter:
+        for _ in range(3):
+            opt.zero_grad()
+            qm(x).square().mean().backward()
+            opt.step()
+    assert all(meter.samples[n] >= 1 for n in se)
+    assert se & set(meter.ranking())

@@ -235,6 +235,8 @@ class SqueezeExcite(nn.Module):
     vector here: the same function, which integer runtimes then execute as fully-connected layers,
     and those take 4-bit weights (XNNPACK qc4w, LiteRT INT4) where convolutions do not.
     Checkpoints with the 1×1-conv layout load through :meth:`MobileNetV3Small.upgrade_state_dict`.
+    Both layers carry ``conv1x1 = True``, so PROFIT's AIWQ (measured on convs, not on classifier FC
+    layers) still ranks and freezes them as the convs they stand for.
     """
 
     def __init__(self, channels: int, squeeze: int) -> None:
@@ -244,6 +246,8 @@ class SqueezeExcite(nn.Module):
         self.act = nn.ReLU(inplace=True)
         self.fc2 = nn.Linear(squeeze, channels)
         self.gate = nn.Hardsigmoid()
+        for fc in (self.fc1, self.fc2):  # PROFIT's AIWQ ranks convs: these are 1×1 convs (on a 1×1 map)
+            fc.conv1x1 = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.gate(self.fc2(self.act(self.fc1(torch.flatten(self.pool(x), 1)))))

@@ -1,6 +1,7 @@
 """AIWQ: activation instability induced by weight quantization (PROFIT, Park & Yoo 2020).
 
-For every quantized ``Conv2d`` (not Linear), on each training step of a sampling period, the
+For every quantized ``Conv2d`` (not Linear; but a Linear marked ``conv1x1``, which stands for a
+1×1 conv on a 1×1 map, like the zoo's squeeze-excite layers, counts as a conv), on each training step of a sampling period, the
 layer is run on the step's (quantized) input with the current quantized weights (Y, the real
 forward output) and with the previous step's quantized weights (Y_old). Per output channel a
 Gaussian is fitted over N·H·W and
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mobilec.passes.quant.qmodules import QConv2d, quant_layers
+from mobilec.passes.quant.qmodules import QConv2d, QLinear, quant_layers
 
 
 def gaussian_kl(y: torch.Tensor, y_old: torch.Tensor) -> torch.Tensor | None:
@@ -42,10 +43,11 @@ def gaussian_kl(y: torch.Tensor, y_old: torch.Tensor) -> torch.Tensor | None:
 
 
 class AIWQMeter:
-    """Measures AIWQ of every QConv2d while active (a context manager around training steps)."""
+    """Measures AIWQ of every QConv2d (and ``conv1x1`` QLinear) while active (a context manager around training steps)."""
 
     def __init__(self, model: nn.Module, *, momentum: float = 0.999, threshold: float = 1.0) -> None:
-        self.layers: dict[str, QConv2d] = {n: m for n, m in quant_layers(model) if isinstance(m, QConv2d)}
+        self.layers: dict[str, QConv2d | QLinear] = {
+            n: m for n, m in quant_layers(model) if isinstance(m, QConv2d) or (isinstance(m, QLinear) and m.conv1x1)}
         self.momentum = momentum
         self.threshold = threshold
         self.values: dict[str, float] = dict.fromkeys(self.layers, 0.0)
@@ -70,20 +72,20 @@ class AIWQMeter:
         self._prev.clear()
 
     def _hook(self, name: str) -> Any:
-        def hook(layer: QConv2d, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        def hook(layer: QConv2d | QLinear, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             if not layer.training:
                 return
             with torch.no_grad():
                 w_now = layer.quantized_weight().detach()
                 prev = self._prev.get(name)
                 if prev is not None and layer._qin is not None:
-                    y_old = layer.conv(layer._qin, prev)
+                    y_old = layer.op(layer._qin, prev)
                     if layer.out_scale is None and not layer.train_folded:  # the output is conv(x, W_q) (+ bias)
                         y = output.detach()
                         if layer.bias is not None:
-                            y_old = y_old + layer.bias.detach().view(1, -1, 1, 1)
+                            y_old = y_old + layer.bias.detach().view([1, -1] + [1] * (y_old.dim() - 2))
                     else:
-                        y = layer.conv(layer._qin, w_now)
+                        y = layer.op(layer._qin, w_now)
                     kl = gaussian_kl(y, y_old)
                     if kl is not None:
                         v = float(kl)

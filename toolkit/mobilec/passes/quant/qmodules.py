@@ -169,6 +169,8 @@ class QConv2d(_QLayer):
     def conv(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, w, None, self.stride, self.padding, self.dilation, self.groups)
 
+    op = conv  #: the layer's product without bias (what AIWQ re-runs with the previous weights)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         wq = self.quantized_weight()
         return self._affine(self.conv(self._quant_input(x), wq), wq, (1, -1, 1, 1))
@@ -187,7 +189,12 @@ class QLinear(_QLayer):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight
         self.bias = linear.bias
+        #: a Linear that stands for a 1×1 conv on a 1×1 map (zoo squeeze-excite): AIWQ measures it like a conv
+        self.conv1x1 = bool(getattr(linear, "conv1x1", False))
         self._init_quant(act_kind, act_bits, weight_bits, per_channel, act_cap)
+
+    def op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         wq = self.quantized_weight()
