@@ -52,7 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--from-run", type=Path, action="append", default=[], metavar="DIR",
                    help="add the rows of an existing `mobilec export` output folder (repeatable); runs nothing else")
     p.add_argument("--step-time", action="store_true", help="measure DuQ QAT vs fp32 training step time per model")
-    p.add_argument("--step-batches", type=int, default=30, help="timed steps per measurement (after 5 warm-up steps)")
+    p.add_argument("--step-batches", type=int, default=10, help="timed steps per variant and round (after 5 warm-up steps)")
+    p.add_argument("--step-rounds", type=int, default=4, help="rounds in which the step-time variants take turns")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/mobilec-bench-profit"), help="export output folders")
     p.add_argument("--out", type=Path, default=RESULTS / "profit.json")
     return p.parse_args(argv)
@@ -139,27 +140,30 @@ def run_row(model: str, recipe: str, targets: list[str], args: argparse.Namespac
 
 
 # ----------------------------------------------------------------------------- step time
-def step_time(model_name: str, data_name: str, device: str, batches: int, seed: int) -> dict[str, Any]:
-    """Mean seconds per training step: the float model vs its DuQ W4A4 version (all quantizers on), with
-    BatchNorm separate and folded in (as in the last phases), and with the eager (not compiled)
-    quantizer kernels; same loop.
+def step_time(model_name: str, data_name: str, device: str, batches: int, seed: int, rounds: int = 3) -> dict[str, Any]:
+    """Seconds per training step: the float model vs its DuQ W4A4 version (all quantizers on), as the
+    passes train it by default (eager quantizer kernels), with BatchNorm folded in (as in the last
+    phases), and with the ``torch.compile``d kernels (``fused_kernels = true``).
 
-    Both use the DuQ pass's Trainer (SGD Nesterov, batch 64, augmentation, no distillation) on the
-    same device; 5 warm-up steps are not timed. The shipped checkpoint is used where it exists.
+    All four use the DuQ pass's Trainer (SGD Nesterov, batch 64, augmentation, no distillation) on
+    the same device, after 5 untimed warm-up steps each. The variants take turns, ``rounds`` times
+    ``batches`` steps each, and each figure is the median over all timed steps, so a slow spell of
+    this shared host lands on every variant alike. The shipped checkpoint is used where it exists.
     """
+    import copy
+
     import torch
 
     from mobilec.data import load_dataset
-    from mobilec.models import build_model
+    from mobilec.models import build_model, get_entry
     from mobilec.passes.quant import qmodules as qm_
+    from mobilec.passes.quant.duq import enable_fused_kernels
     from mobilec.passes.quant.trainer import DistInfo, Trainer
 
     data = load_dataset(data_name)
     dev = torch.device(device)
     x, y = data.x_train[:8192], data.y_train[:8192]
     zero = (-torch.tensor(data.mean) / torch.tensor(data.std)).view(1, -1, 1, 1)
-    from mobilec.models import get_entry
-
     entry = get_entry(model_name)  # the trained checkpoint where one is shipped for this data (a random net can diverge)
     trained = entry.weights_path is not None and entry.weights_path.is_file() and data.name == entry.default_data
     fp = build_model(model_name, num_classes=data.num_classes, in_channels=data.input_shape[0], pretrained=trained)
@@ -167,32 +171,40 @@ def step_time(model_name: str, data_name: str, device: str, batches: int, seed: 
     qm_.init_activation_quantizers(q, x[:256])
     qm_.init_weight_quantizers(q)
     qm_.enable_quantizers(q, acts=True, weights=True)
-    out: dict[str, Any] = {"model": model_name, "device": device, "batch_size": 64, "timed_steps": batches,
-                           "weights": "shipped checkpoint" if trained else "random init", "threads": torch.get_num_threads()}
-    from mobilec.passes.quant.duq import enable_fused_kernels
-
-    for label, m in (("fp32", fp), ("duq_w4a4_eager", q), ("duq_w4a4", q), ("duq_w4a4_folded", q)):
-        if label == "duq_w4a4_eager":  # the eager quantizer kernels (the passes' default, fused_kernels = false)
-            enable_fused_kernels(False)
-        if label == "duq_w4a4":  # the compiled kernels (fused_kernels = true), measured slower on this CPU
-            err = enable_fused_kernels(device == "cpu")
-            out["fused_kernels"] = device == "cpu" and err is None
-            out["fused_kernels_error"] = err
-        if label == "duq_w4a4_folded":  # the last phases train with BatchNorm folded in (fold_phases)
-            qm_.fold_batchnorm(q, trainable=True)
+    folded = qm_.fold_batchnorm(copy.deepcopy(q), trainable=True)
+    fused_error = enable_fused_kernels(device == "cpu")  # compiled before timing; toggled per variant below
+    variants = {"fp32": (fp, False), "duq_w4a4": (q, False), "duq_w4a4_folded": (folded, False),
+                "duq_w4a4_fused": (copy.deepcopy(q), True)}
+    trainers = {}
+    for label, (m, _) in variants.items():
         m.to(dev)
-        tr = Trainer(m, x, y, teacher=None, batch_size=64, weight_decay=2e-5, quant_lr_scale=0.01, augment=True,
-                     hflip=False, zero=zero, seed=seed, ema_decay=0.0, dist=DistInfo(), device=dev)
-        tr.run_phase("warm-up", 5, lr=1e-4)
-        tr.step_seconds.clear()
-        tr.run_phase("timed", batches, lr=1e-4)
-        times = sorted(tr.step_seconds)
-        out[f"{label}_step_seconds"] = sum(times) / len(times)
-        out[f"{label}_step_seconds_median"] = times[len(times) // 2]
-    out["ratio"] = out["duq_w4a4_step_seconds"] / out["fp32_step_seconds"]
-    out["ratio_median"] = out["duq_w4a4_step_seconds_median"] / out["fp32_step_seconds_median"]
-    out["ratio_folded"] = out["duq_w4a4_folded_step_seconds"] / out["fp32_step_seconds"]
-    out["ratio_eager_kernels"] = out["duq_w4a4_eager_step_seconds"] / out["fp32_step_seconds"]
+        trainers[label] = Trainer(m, x, y, teacher=None, batch_size=64, weight_decay=2e-5, quant_lr_scale=0.01,
+                                  augment=True, hflip=False, zero=zero, seed=seed, ema_decay=0.0, dist=DistInfo(), device=dev)
+    times: dict[str, list[float]] = {label: [] for label in variants}
+    try:
+        for r in range(rounds + 1):  # round 0: the untimed warm-up
+            for label, (_, fused) in variants.items():
+                if fused and fused_error is not None:
+                    continue
+                enable_fused_kernels(fused)
+                tr = trainers[label]
+                tr.step_seconds.clear()
+                tr.run_phase(label, 5 if r == 0 else batches, lr=1e-4)
+                if r:
+                    times[label] += tr.step_seconds
+    finally:
+        enable_fused_kernels(False)
+    out: dict[str, Any] = {"model": model_name, "device": device, "batch_size": 64, "rounds": rounds, "steps_per_round": batches,
+                           "weights": "shipped checkpoint" if trained else "random init", "threads": torch.get_num_threads(),
+                           "fused_kernels_error": fused_error}
+    for label, ts in times.items():
+        if ts:
+            out[f"{label}_step_seconds"] = sorted(ts)[len(ts) // 2]
+    base = out["fp32_step_seconds"]
+    out["ratio"] = out["duq_w4a4_step_seconds"] / base
+    out["ratio_folded"] = out["duq_w4a4_folded_step_seconds"] / base
+    if "duq_w4a4_fused_step_seconds" in out:
+        out["ratio_fused"] = out["duq_w4a4_fused_step_seconds"] / base
     return out
 
 
@@ -285,15 +297,17 @@ def render_markdown(result: dict[str, Any]) -> str:
              "`mobilec export` command that runs the same code.", ""]
     if result.get("step_time"):
         lines += ["## Training step time: DuQ W4A4 QAT vs fp32 (measured in the same run)", "",
-                  "| model | device | threads | fused kernels | fp32 s/step | DuQ s/step | ratio (mean) | ratio (median) "
-                  "| DuQ BN-folded s/step | ratio (mean) | DuQ eager kernels s/step | ratio (mean) |",
-                  "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "Median seconds per step at batch 64; the variants take turns (rounds x steps each). \"DuQ\" is what "
+                  "the passes run by default (eager quantizer kernels); \"compiled\" is `fused_kernels = true`.", "",
+                  "| model | machine | threads | rounds x steps | fp32 s/step | DuQ s/step | ratio | DuQ BN-folded s/step | ratio "
+                  "| DuQ compiled kernels s/step | ratio |",
+                  "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
         for s in result["step_time"].values():
-            fused = {True: "yes", False: "no"}.get(s.get("fused_kernels"), "-")
-            lines.append(f"| {s['model']} | {s['device']} | {s.get('threads', '-')} | {fused} | {s['fp32_step_seconds']:.4f} "
-                         f"| {s['duq_w4a4_step_seconds']:.4f} | {s['ratio']:.2f} | {s['ratio_median']:.2f} "
+            lines.append(f"| {s['model']} | {s.get('machine', '-')} | {s.get('threads', '-')} "
+                         f"| {s.get('rounds', 1)} x {s.get('steps_per_round', s.get('timed_steps', '-'))} "
+                         f"| {s['fp32_step_seconds']:.4f} | {s['duq_w4a4_step_seconds']:.4f} | {s['ratio']:.2f} "
                          f"| {_f(s.get('duq_w4a4_folded_step_seconds'))} | {_f(s.get('ratio_folded'), '.2f')} "
-                         f"| {_f(s.get('duq_w4a4_eager_step_seconds'))} | {_f(s.get('ratio_eager_kernels'), '.2f')} |")
+                         f"| {_f(s.get('duq_w4a4_fused_step_seconds'))} | {_f(s.get('ratio_fused'), '.2f')} |")
         lines.append("")
     lines += ["## Goals (issue 3)", "", "| goal | value | limit | met |", "|---|---|---|---|"]
     for k, g in result["goals"].items():
@@ -355,8 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         targets = [t.strip() for t in args.targets.split(",") if t.strip()]
         for model in [m.strip() for m in args.models.split(",") if m.strip()]:
             if args.step_time:
-                result["step_time"][model] = {**step_time(model, args.data, args.device,
-                                                          args.step_batches, args.seed), "machine": desc, "command": command}
+                timing = step_time(model, args.data, args.device, args.step_batches, args.seed, args.step_rounds)
+                result["step_time"][model] = {**timing, "machine": desc, "command": command}
                 print(f"{model}: QAT step / fp32 step = {result['step_time'][model]['ratio']:.2f}", flush=True)
             for recipe in [r.strip() for r in args.rows.split(",") if r.strip()]:
                 rows = run_row(model, recipe, targets, args, command, desc)

@@ -350,3 +350,28 @@ def test_per_channel_gradients_equal_the_hardtanh_formulation(kind: str) -> None
     assert torch.allclose(x.grad, xr.grad, atol=1e-6)
     assert torch.allclose(q.a_raw.grad, a_raw.grad, rtol=1e-4, atol=1e-6)
     assert torch.allclose(q.c_raw.grad, c_raw.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_a_reshaped_gate_keeps_the_kind_of_what_it_gates() -> None:
+    """``x · gate.view(N, C, 1, 1)`` (squeeze-excite on Linear layers, as the zoo v3) keeps x's h-swish
+    grid; before, the view hid the gate and the next layer got a signed grid (one bit less resolution)."""
+
+    class LinearSE(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 8, 3, padding=1)
+            self.act = nn.Hardswish()
+            self.fc1, self.fc2 = nn.Linear(8, 4), nn.Linear(4, 8)
+            self.project = nn.Conv2d(8, 8, 1)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.act(self.conv(x))
+            s = F.hardsigmoid(self.fc2(F.relu(self.fc1(torch.flatten(h.mean((2, 3), keepdim=True), 1)))))
+            y = self.project(h * s.view(s.shape[0], s.shape[1], 1, 1))
+            return self.head(y.mean((2, 3)))
+
+    kinds = {n: lp.act_kind for n, lp in duq_plan(convert_to_duq(LinearSE(), weight_bits=4, act_bits=4)).layers.items()}
+    assert kinds["fc1"] == "hswish" and kinds["fc2"] == "unsigned" and kinds["project"] == "hswish"
+    v3 = duq_plan(convert_to_duq(mobilenet_v3_small(), weight_bits=4, act_bits=4))
+    assert v3.layers["features.4.block.3"].act_kind == "hswish"  # the projection after an h-swish block's SE

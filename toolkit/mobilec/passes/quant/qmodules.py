@@ -333,7 +333,9 @@ def _is_hswish(node: fx.Node, gm: fx.GraphModule) -> bool:
 
 
 def _is_gate(node: fx.Node, gm: fx.GraphModule) -> bool:
-    """A [0, 1] gate (hard-sigmoid / sigmoid), as in squeeze-excite."""
+    """A [0, 1] gate (hard-sigmoid / sigmoid), as in squeeze-excite, possibly reshaped (``s.view(N, C, 1, 1)``)."""
+    while _passthrough(node, gm) == "shape" and node.args and isinstance(node.args[0], fx.Node):
+        node = node.args[0]
     if node.op == "call_module":
         return type(gm.get_submodule(cast(str, node.target))) in (nn.Hardsigmoid, nn.Sigmoid)
     if node.op == "call_function":
