@@ -140,7 +140,7 @@ def run_row(model: str, recipe: str, targets: list[str], args: argparse.Namespac
 
 
 # ----------------------------------------------------------------------------- step time
-def step_time(model_name: str, data_name: str, device: str, batches: int, seed: int, rounds: int = 3) -> dict[str, Any]:
+def step_time(model_name: str, data_name: str, device: str, batches: int, seed: int, rounds: int) -> dict[str, Any]:
     """Seconds per training step: the float model vs its DuQ W4A4 version (all quantizers on), as the
     passes train it by default (eager quantizer kernels), with BatchNorm folded in (as in the last
     phases), and with the ``torch.compile``d kernels (``fused_kernels = true``).

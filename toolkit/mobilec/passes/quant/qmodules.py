@@ -198,7 +198,7 @@ class QLinear(_QLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         wq = self.quantized_weight()
-        return self._affine(F.linear(self._quant_input(x), wq), wq, (1, -1))
+        return self._affine(self.op(self._quant_input(x), wq), wq, (1, -1))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, folded={self.folded}"

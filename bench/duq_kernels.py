@@ -1,0 +1,54 @@
+"""Per-tensor cost of one DuQ quantizer (forward + backward) against a ReLU's, eager and compiled kernels.
+
+    python bench/duq_kernels.py      # prints milliseconds per call (median of 20), CPU
+
+An isolated measurement of the quantizer's memory passes; the training-step ratio is
+``bench/profit.py --step-time``. Nothing is written to bench/results: the numbers are quoted in
+docs/profit.md ("Step time") with the machine they came from.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from mobilec.passes.quant.duq import DuQuantizer, enable_fused_kernels
+
+SHAPES = [(64, 16, 56, 56), (64, 96, 14, 14), (64, 576, 7, 7)]
+
+
+def median_ms(fn: Callable[[], None], n: int = 20) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[n // 2] * 1e3
+
+
+def main() -> int:
+    torch.manual_seed(0)
+    err = enable_fused_kernels(True)
+    print(f"threads {torch.get_num_threads()}; compiled kernels: {'ok' if err is None else err}")
+    for shape in SHAPES:
+        x = torch.relu(torch.randn(shape)).requires_grad_()
+        g = torch.randn(shape)
+        q = DuQuantizer("unsigned", 4)
+        q.set_range(torch.tensor(2.0))
+        timings = {"relu": median_ms(lambda x=x, g=g: torch.relu(x).backward(g))}
+        for label, fused in (("duq eager", False), ("duq compiled", True)):
+            if fused and err is not None:
+                continue
+            enable_fused_kernels(fused)
+            timings[label] = median_ms(lambda q=q, x=x, g=g: q(x).backward(g))
+        print(shape, "  ".join(f"{k} {v:.2f} ms" for k, v in timings.items()))
+    enable_fused_kernels(False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
