@@ -123,6 +123,11 @@ def test_profit_pass_end_to_end(tmp_path: Path) -> None:
     assert ctx.lowering is not None and ctx.extras["duq"]["weight_bits"] == 4
     q_acc = evaluate(q, ds)
     assert q_acc > 0.5 * fp_acc, (q_acc, fp_acc)  # a broken quantizer or schedule lands near chance (0.1)
+    from mobilec import checkpoint  # the trained model is what `export --resume` continues from
+
+    assert checkpoint.save(tmp_path, ctx, 0, "profit", q, "fp") is None
+    resumed = checkpoint.load_completed(tmp_path, ["profit"], "fp")
+    assert resumed is not None and torch.equal(resumed.model(ds.x_test[:64]), q(ds.x_test[:64]))
     # the ablation runs the same schedule without freezing
     report2 = RunReport(recipe="t", model={}, data={})
     ctx2 = Context(data=ds, workdir=tmp_path, report=report2, example_inputs=(ds.x_test[:1],), teacher=model,

@@ -8,7 +8,9 @@ seed) is stored in each checkpoint; checkpoints of a different run are refused.
 
 Loading never runs pickled code: ``torch.load(weights_only=True)`` with only the classes a model
 is made of (``nn.Module`` subclasses and dataclasses from torch, mobilec or the user's model file)
-allowed; anything else in the file is refused with a MobilecError naming it.
+allowed; anything else in the file is refused with a MobilecError naming it. A torch.fx
+GraphModule (what the duq/profit passes return), which torch would pickle as code to execute, is
+stored as data instead (``fx_checkpoint``).
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from mobilec import fx_checkpoint
 from mobilec.errors import MobilecError
+from mobilec.fx_checkpoint import USER_MODULE_PREFIX as _USER_MODULE_PREFIX
 from mobilec.io import atomic_path
 
 CHECKPOINT_DIR = "checkpoints"
-_USER_MODULE_PREFIX = "mobilec_user_model_"  # models.loader imports --model FILE.py under this name
 # numpy scalars/arrays in pass summaries and extras (what torch's docs allow for them)
 _NUMPY_GLOBALS = {f"numpy.{m}multiarray.{n}" for m in ("core.", "_core.") for n in ("_reconstruct", "scalar")} | {
     "numpy.ndarray", "numpy.dtype"}
@@ -117,11 +120,15 @@ def save(out_dir: Path, ctx: Any, index: int, name: str, model: nn.Module, run_f
     lowering = ctx.lowering
     if isinstance(lowering, types.FunctionType):  # a module-level function is stored by name
         lowering = {"function": f"{lowering.__module__}:{lowering.__qualname__}"}
+    try:  # torch pickles a GraphModule as code to execute, which a safe load refuses: store it as data
+        stored = fx_checkpoint.encode(model) if isinstance(model, torch.fx.GraphModule) else model
+    except fx_checkpoint.FxCheckpointError as exc:
+        return f"its torch.fx graph cannot be stored safely: {exc}"
     payload = {
         "fingerprint": run_fingerprint,
         "index": index,
         "name": name,
-        "model": model,
+        "model": stored,
         "quant_plan": ctx.quant_plan,
         "lowering": lowering,
         "extras": ctx.extras,
@@ -201,7 +208,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as exc:
         raise MobilecError(f"pass checkpoint {path} cannot be read: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}",
                            hint="it is truncated or corrupted; start over with --force") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("model"), nn.Module):
+    if not isinstance(obj, dict) or not (isinstance(obj.get("model"), nn.Module) or fx_checkpoint.is_encoded(obj.get("model"))):
         raise MobilecError(f"pass checkpoint {path} is not a mobilec pass checkpoint", hint="start over with --force")
     return obj
 
@@ -244,10 +251,17 @@ def _as_checkpoint(obj: dict[str, Any], path: Path) -> PassCheckpoint:
     lowering = obj.get("lowering")
     if isinstance(lowering, dict) and "function" in lowering:
         lowering = _resolve_lowering(lowering["function"], path)
+    model = obj["model"]
+    if fx_checkpoint.is_encoded(model):
+        try:
+            model = fx_checkpoint.decode(model)
+        except (fx_checkpoint.FxCheckpointError, KeyError, AttributeError) as exc:
+            raise MobilecError(f"pass checkpoint {path}: its torch.fx model is refused: {exc}",
+                               hint="start over with --force") from None
     return PassCheckpoint(
         index=int(obj["index"]),
         name=str(obj["name"]),
-        model=obj["model"],
+        model=model,
         quant_plan=obj.get("quant_plan"),
         lowering=lowering,
         extras=dict(obj.get("extras") or {}),

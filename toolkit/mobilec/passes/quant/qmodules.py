@@ -470,13 +470,20 @@ def _trace(model: nn.Module) -> fx.GraphModule:
     if isinstance(model, fx.GraphModule):
         return model
     try:
-        return fx.symbolic_trace(model)
+        gm = fx.symbolic_trace(model)
     except Exception as exc:
         msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise MobilecError(
             f"DuQ needs a torch.fx-traceable model; tracing {type(model).__name__} failed: {msg}",
             hint="remove data-dependent Python control flow from forward(), or wrap it in a leaf module",
         ) from None
+    # A forward() under `from __future__ import annotations` leaves string types on the nodes; the
+    # generated code then has a string global that torch.save cannot pickle (no resume checkpoint).
+    for node in gm.graph.nodes:
+        if isinstance(node.type, str):
+            node.type = None
+    gm.recompile()
+    return gm
 
 
 # ----------------------------------------------------------------------------- conversion
