@@ -42,6 +42,8 @@ def test_registered() -> None:
     ({"act_stage_steps": [1, 2]}, "act_stage_steps needs 1 or 3 entries"),
     ({"lr": 0.0}, "lr > 0"),
     ({"first_last_bits": 1}, "first_last_bits"),
+    ({"act_init": "max"}, "act_init .max.: choose one of p95, mse"),
+    ({"weight_init": "p95"}, "weight_init .p95.: choose one of max, mse"),
 ])
 def test_bad_parameters_are_named(params: dict, match: str) -> None:
     with pytest.raises(MobilecError, match=match):

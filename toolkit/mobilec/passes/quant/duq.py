@@ -53,6 +53,24 @@ def grid_levels(kind: str, bits: int) -> int:
     return 2 ** (bits - 1) - 1 if kind == "signed" else 2**bits - 1
 
 
+#: activation init rules: DuQ's 95th percentile, or the least-squared-error clip at the current width
+ACT_INIT_RULES: tuple[str, ...] = ("p95", "mse")
+#: weight init rules: DuQ's 0.9·max|W|, or the least-squared-error clip at the current width
+WEIGHT_INIT_RULES: tuple[str, ...] = ("max", "mse")
+
+
+def _mse_clip(u: torch.Tensor, top: float, lower: float, k: int, cap: float | None,
+              candidates: int = 100, max_samples: int = 1 << 16) -> float:
+    """The clip ``a`` in ``top·(1..candidates)/candidates`` that quantizes ``u`` with the least squared
+    error on the grid ``a·round(k·clip(u/a, lower, 1))/k``."""
+    if u.numel() > max_samples:
+        u = u[torch.randint(0, u.numel(), (max_samples,), generator=torch.Generator().manual_seed(1))]
+    top = min(top, cap) if cap is not None else top
+    a = torch.linspace(top / candidates, top, candidates).unsqueeze(1)
+    q = (u / a).clamp(lower, 1.0).mul(k).round().div(k).mul(a)
+    return float(a[(q - u).pow(2).mean(dim=1).argmin(), 0])
+
+
 def inverse_softplus(v: torch.Tensor) -> torch.Tensor:
     """``softplus⁻¹(v) = log(expm1(v))``, stable for large ``v``."""
     v = v.clamp_min(1e-6)
@@ -288,22 +306,27 @@ class DuQuantizer(nn.Module):
 
     @torch.no_grad()
     def init_activation(self, x: torch.Tensor, *, cap: float | None = None, percentile: float = 0.95,
-                        max_samples: int = 1 << 20) -> float:
-        """DuQ activation init: ``a = c`` = 95th percentile of the positive values of one batch.
+                        rule: str = "p95", max_samples: int = 1 << 20) -> float:
+        """Activation init from one batch, ``a = c``; returns the value set.
 
-        Signed tensors use ``|x|``, h-swish ones ``x + 3/8``; ``cap`` (6 for ReLU6) bounds it.
-        Returns the value set.
+        ``rule="p95"`` is DuQ's: the 95th percentile of the positive values (signed tensors use
+        ``|x|``, h-swish ones ``x + 3/8``). ``rule="mse"`` picks the clip with the least mean squared
+        quantization error of the batch at the quantizer's current width. ``cap`` (6 for ReLU6) bounds it.
         """
-        v = x.detach().float().reshape(-1)
-        if self.kind == "signed":
-            v = v.abs()
-        elif self.kind == "hswish":
-            v = v + HSWISH_OFFSET
-        v = v[v > 0]
-        if v.numel() > max_samples:  # a seeded subsample keeps kthvalue cheap on big activations
+        if rule not in ACT_INIT_RULES:
+            raise ValueError(f"activation init rule {rule!r}: choose one of {', '.join(ACT_INIT_RULES)}")
+        u = x.detach().float().reshape(-1) + self.offset
+        if u.numel() > max_samples:  # a seeded subsample keeps kthvalue cheap on big activations
             g = torch.Generator().manual_seed(0)
-            v = v[torch.randint(0, v.numel(), (max_samples,), generator=g)]
-        value = 1e-3 if v.numel() == 0 else float(v.kthvalue(max(1, math.ceil(percentile * v.numel()))).values)
+            u = u[torch.randint(0, u.numel(), (max_samples,), generator=g)]
+        v = u.abs() if self.kind == "signed" else u
+        v = v[v > 0]
+        if v.numel() == 0:
+            value = 1e-3
+        elif rule == "mse":
+            value = _mse_clip(u, float(v.max()), self.lower, grid_levels(self.kind, self.bits), cap)
+        else:
+            value = float(v.kthvalue(max(1, math.ceil(percentile * v.numel()))).values)
         if cap is not None:
             value = min(value, cap)
         # a = an observed value would put other observed values (pooling averages, int8 grids) exactly on
@@ -313,13 +336,20 @@ class DuQuantizer(nn.Module):
         return value
 
     @torch.no_grad()
-    def init_weight(self, w: torch.Tensor, factor: float = 0.9) -> None:
-        """DuQ weight init: ``a = c = 0.9·max|W|`` (per output channel when per-channel)."""
-        if self.per_channel:
-            m = w.detach().abs().transpose(0, self.ch_axis).reshape(w.shape[self.ch_axis], -1).amax(dim=1)
+    def init_weight(self, w: torch.Tensor, factor: float = 0.9, rule: str = "max") -> None:
+        """Weight init (per output channel when per-channel): DuQ's ``a = c = 0.9·max|W|`` (``rule="max"``),
+        or ``rule="mse"``, the clip with the least squared quantization error at the current width."""
+        if rule not in WEIGHT_INIT_RULES:
+            raise ValueError(f"weight init rule {rule!r}: choose one of {', '.join(WEIGHT_INIT_RULES)}")
+        rows = w.detach().float().transpose(0, self.ch_axis).reshape(w.shape[self.ch_axis], -1) if self.per_channel \
+            else w.detach().float().reshape(1, -1)
+        m = rows.abs().amax(dim=1).clamp_min(1e-8)
+        if rule == "mse":
+            k = grid_levels(self.kind, self.bits)
+            value = torch.tensor([_mse_clip(r, float(t), -1.0, k, None) for r, t in zip(rows, m, strict=True)])
         else:
-            m = w.detach().abs().max()
-        self.set_range(factor * m.clamp_min(1e-8))
+            value = factor * m
+        self.set_range(value if self.per_channel else value[0])
 
     # -- forward ----------------------------------------------------------------------
     def _view(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

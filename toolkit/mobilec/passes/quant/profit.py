@@ -31,7 +31,7 @@ from torch import nn
 
 from mobilec.errors import MobilecError
 from mobilec.passes.base import Pass
-from mobilec.passes.quant.duq import check_bits
+from mobilec.passes.quant.duq import ACT_INIT_RULES, WEIGHT_INIT_RULES, check_bits
 from mobilec.registry import register_pass
 
 if TYPE_CHECKING:
@@ -70,6 +70,8 @@ class DuQTraining(Pass):
     holdout_samples: int = 2000
     max_train_samples: int = 0  # 0: the whole train split (minus the hold-out)
     init_samples: int = 256
+    act_init: str = "p95"  # DuQ's 95th-percentile clip, or "mse": least-squares clip, refitted at every act width
+    weight_init: str = "max"  # DuQ's 0.9·max|W|, or "mse": least-squares clip, refitted at every weight width
     augment: bool = True
     seed: int = -1  # -1: the run's seed
     fused_kernels: bool = False  # CPU: torch.compile'd DuQ kernels (same numerics; measured slower, off by default)
@@ -97,6 +99,10 @@ class DuQTraining(Pass):
             raise ValueError("step counts and max_train_samples must be >= 0")
         if self.phase_steps < 1:
             raise ValueError("phase_steps must be at least 1")
+        if self.act_init not in ACT_INIT_RULES:
+            raise ValueError(f"act_init {self.act_init!r}: choose one of {', '.join(ACT_INIT_RULES)}")
+        if self.weight_init not in WEIGHT_INIT_RULES:
+            raise ValueError(f"weight_init {self.weight_init!r}: choose one of {', '.join(WEIGHT_INIT_RULES)}")
         if not 0 <= self.fold_phases <= 3:
             raise ValueError("fold_phases must be 0..3 (how many of the three final phases train with BatchNorm folded)")
         if not self.lr > 0 or self.batch_size < 1 or self.weight_decay < 0 or self.quant_lr_scale < 0:
@@ -149,25 +155,36 @@ class DuQTraining(Pass):
         # 1. full precision (optional)
         run("fp fine-tune", self.fp_steps)
         # 2. activations
-        act_init = qm_.init_activation_quantizers(qmodel, init_batch.to(device))
+        act_init = qm_.init_activation_quantizers(qmodel, init_batch.to(device), rule=self.act_init)
         broadcast_state(qmodel, dist)
         trainer.reset_ema()
         for i, bits in enumerate(self.act_schedule):
             qm_.set_act_bits(qmodel, bits)
+            if self.act_init == "mse":  # the least-squares clip depends on the width: refit it
+                act_init = qm_.init_activation_quantizers(qmodel, init_batch.to(device), rule="mse")
+                broadcast_state(qmodel, dist)
+                trainer.reset_ema()
             trainer.sync_ema_flags()
             stage(f"A{bits}", _pick(self.act_stage_steps, i))
         # 3. weights
-        qm_.init_weight_quantizers(qmodel)
+        qm_.init_weight_quantizers(qmodel, rule=self.weight_init)
         qm_.enable_quantizers(qmodel, weights=True)
         trainer.reset_ema()
-        for i, bits in enumerate(self.weight_schedule[:-1]):
+
+        def set_weight_width(bits: int) -> None:
             qm_.set_weight_bits(qmodel, bits)
+            if self.weight_init == "mse":  # the least-squares clip depends on the width: refit it
+                qm_.init_weight_quantizers(qmodel, rule="mse")
+                broadcast_state(qmodel, dist)
+                trainer.reset_ema()
             trainer.sync_ema_flags()
+
+        for i, bits in enumerate(self.weight_schedule[:-1]):
+            set_weight_width(bits)
             stage(f"W{bits}", _pick(self.weight_stage_steps, i))
         # 4. the last weight width: AIWQ sampling, three phases (progressive freezing for PROFIT)
         bits = self.weight_schedule[-1]
-        qm_.set_weight_bits(qmodel, bits)
-        trainer.sync_ema_flags()
+        set_weight_width(bits)
         run(f"W{bits} bn-stabilize", self.bn_steps, train_weights=False)
         meter = AIWQMeter(qmodel)
         run(f"W{bits} AIWQ sampling", self.sample_steps, meter=meter)

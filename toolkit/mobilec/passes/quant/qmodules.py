@@ -640,9 +640,10 @@ def enable_quantizers(model: nn.Module, *, acts: bool | None = None, weights: bo
 
 
 @torch.no_grad()
-def init_activation_quantizers(model: nn.Module, batch: torch.Tensor) -> dict[str, float]:
-    """DuQ activation init from one batch of float activations (95th percentile rule), then
-    seed the int8 output observers on the same batch with the activation quantizers on.
+def init_activation_quantizers(model: nn.Module, batch: torch.Tensor, rule: str = "p95") -> dict[str, float]:
+    """DuQ activation init from one batch of float activations (``rule``: DuQ's 95th percentile,
+    or ``"mse"`` at each quantizer's current width), then seed the int8 output observers on the
+    same batch with the activation quantizers on.
 
     As in the authors' code the forward runs in train mode (BatchNorm on batch statistics);
     BatchNorm running statistics are restored afterwards. Returns ``{layer: a}``.
@@ -652,7 +653,7 @@ def init_activation_quantizers(model: nn.Module, batch: torch.Tensor) -> dict[st
 
     def hook(mod: nn.Module, inp: tuple[torch.Tensor, ...], name: str) -> None:
         layer = layers[name]
-        values[name] = layer.act_q.init_activation(inp[0], cap=layer.act_cap)
+        values[name] = layer.act_q.init_activation(inp[0], cap=layer.act_cap, rule=rule)
 
     bn_state = {n: copy.deepcopy(m.state_dict()) for n, m in model.named_modules()
                 if isinstance(m, nn.modules.batchnorm._BatchNorm)}
@@ -683,10 +684,10 @@ def init_activation_quantizers(model: nn.Module, batch: torch.Tensor) -> dict[st
 
 
 @torch.no_grad()
-def init_weight_quantizers(model: nn.Module) -> None:
-    """DuQ weight init ``a = c = 0.9·max|W|`` for every layer."""
+def init_weight_quantizers(model: nn.Module, rule: str = "max") -> None:
+    """Weight init for every layer: DuQ's ``a = c = 0.9·max|W|``, or ``"mse"`` at the current width."""
     for _, layer in quant_layers(model):
-        layer.weight_q.init_weight(layer.weight)
+        layer.weight_q.init_weight(layer.weight, rule=rule)
 
 
 def quantizer_parameters(model: nn.Module) -> list[nn.Parameter]:
