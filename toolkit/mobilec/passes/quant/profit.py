@@ -70,7 +70,7 @@ class DuQTraining(Pass):
     holdout_samples: int = 2000
     max_train_samples: int = 0  # 0: the whole train split (minus the hold-out)
     init_samples: int = 256
-    act_init: str = "p95"  # DuQ's 95th-percentile clip, or "mse": least-squares clip, refitted at every act width
+    act_init: str = "mse"  # least-squares clip refitted at every act width, or "p95": DuQ's 95th percentile (see docs)
     weight_init: str = "max"  # DuQ's 0.9·max|W|, or "mse": least-squares clip, refitted at every weight width
     augment: bool = True
     seed: int = -1  # -1: the run's seed
