@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from mobilec.data import load_dataset
 from mobilec.io import load_matching_state_dict
 from mobilec.models import build_model, get_entry
+from mobilec.passes.quant.profit import DuQTraining
 from mobilec.passes.quant.qmodules import convert_to_duq, enable_quantizers, init_activation_quantizers, quant_layers
 
 
@@ -33,8 +34,8 @@ def main() -> None:
     load_matching_state_dict(model, get_entry(args.model).weights_path)
     ds = load_dataset("fashion-mnist")
     qm = convert_to_duq(model.eval(), weight_bits=4, act_bits=4)
-    x_tr = ds.x_train[torch.randperm(len(ds.x_train), generator=torch.Generator().manual_seed(0 + 7919))[1000:]]
-    batch = x_tr[torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(0))[:256]]  # Profit._split + init
+    x_tr = DuQTraining(holdout_samples=1000)._split(ds, seed=0)[0]  # the pass's train part, then its init batch
+    batch = x_tr[torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(0))[:256]]
     init = init_activation_quantizers(qm, batch, rule=args.rule)
     trained = torch.load(args.run_dir / "compressed.pt", weights_only=True)
     layers = dict(quant_layers(qm))

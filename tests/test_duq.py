@@ -149,6 +149,17 @@ def test_activation_init_is_95th_percentile_of_positive_values() -> None:
     assert h.init_activation(x - 3 / 8) == pytest.approx(95.0, rel=1e-3)  # x + 3/8 for h-swish
 
 
+def test_p95_init_subsamples_the_positive_values_of_a_big_batch() -> None:
+    """Recipes pinned to p95 reproduce their rows: above max_samples the percentile is taken over a
+    seeded subsample of the positive values (not of all values)."""
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(3_000_000))
+    v = x[x > 0]
+    sub = v[torch.randint(0, v.numel(), (1 << 20,), generator=torch.Generator().manual_seed(0))]
+    expected = float(sub.kthvalue(math.ceil(0.95 * sub.numel())).values) * (1.0 + 2.0**-12)
+    assert DuQuantizer("unsigned", 4).init_activation(x) == expected
+
+
 @pytest.mark.parametrize("kind", ["signed", "unsigned", "hswish"])
 def test_mse_activation_init_beats_the_percentile_and_widens_with_bits(kind: str) -> None:
     """The least-squares clip quantizes a heavy-tailed batch with less error than DuQ's p95 clip or
@@ -353,6 +364,10 @@ def test_fused_kernels_compile_once_for_every_layer_shape() -> None:
     try:
         inputs = [torch.randn(4, 8, 32, 32), torch.randn(2, 16, 28, 28).to(memory_format=torch.channels_last),
                   torch.randn(64, 40, 9, 9).transpose(2, 3), nn.Parameter(torch.randn(300, 200)), torch.randn(5, 7, 30, 31, 2)]
+        for kind in ("signed", "unsigned", "hswish"):  # a kind's first fused backward compiles (alone, none had yet)
+            warm = DuQuantizer(kind, 4)
+            warm.set_range(torch.tensor(1.0))
+            warm(torch.randn(4, 8, 32, 32, requires_grad=True)).sum().backward()
         before = counters["stats"]["unique_graphs"]
         for kind in ("signed", "unsigned", "hswish"):
             for x in inputs:

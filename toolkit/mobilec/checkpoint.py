@@ -34,8 +34,8 @@ from torch import nn
 
 from mobilec import fx_checkpoint
 from mobilec.errors import MobilecError
-from mobilec.fx_checkpoint import USER_MODULE_PREFIX as _USER_MODULE_PREFIX
 from mobilec.io import atomic_path
+from mobilec.models.loader import USER_MODULE_PREFIX
 
 CHECKPOINT_DIR = "checkpoints"
 # numpy scalars/arrays in pass summaries and extras (what torch's docs allow for them)
@@ -233,7 +233,7 @@ def _trusted_global(qualified: str, path: Path) -> Any:
             module = importlib.import_module(module_name)
         except ImportError:
             raise refuse from None
-    elif module_name.startswith(_USER_MODULE_PREFIX) and module_name in sys.modules:
+    elif module_name.startswith(USER_MODULE_PREFIX) and module_name in sys.modules:
         module = sys.modules[module_name]  # the user's --model file, imported by this run already
     else:
         raise refuse

@@ -21,13 +21,14 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from mobilec.models.loader import USER_MODULE_PREFIX
+
 FX_MARK = "__mobilec_fx_graph_module__"
 _OPS = ("placeholder", "get_attr", "call_function", "call_method", "call_module", "output")
 _FUNCTION_MODULES = ("torch", "torch.functional", "torch.nn.functional", "torch._C._nn", "torch._C._VariableFunctions",
                      "_operator", "operator", "math")
 _BUILTINS = {"getattr", "len", "int", "float", "bool", "min", "max", "abs", "round", "sum", "range"}
 _NAME = re.compile(r"[A-Za-z0-9_]+\Z")
-USER_MODULE_PREFIX = "mobilec_user_model_"  # models.loader imports --model FILE.py under this name
 
 
 class FxCheckpointError(TypeError):

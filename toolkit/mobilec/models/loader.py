@@ -23,6 +23,9 @@ from mobilec.errors import MobilecError
 from mobilec.io import load_matching_state_dict
 from mobilec.models import DEFAULT_MODEL, ZOO, build_model, count_params, list_models
 
+#: the module name prefix of an imported --model FILE.py (checkpoints trust classes and functions from it)
+USER_MODULE_PREFIX = "mobilec_user_model_"
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -106,7 +109,7 @@ def _from_file(spec: str, weights: Path | None) -> tuple[nn.Module, ModelInfo]:
 def _import_file(path: Path):
     """Import ``path`` as a fresh module (unique name per resolved path, so two model files never clash)."""
     resolved = path.resolve()
-    mod_name = f"mobilec_user_model_{hashlib.sha1(str(resolved).encode()).hexdigest()[:12]}"
+    mod_name = f"{USER_MODULE_PREFIX}{hashlib.sha1(str(resolved).encode()).hexdigest()[:12]}"
     spec = importlib.util.spec_from_file_location(mod_name, resolved)
     if spec is None or spec.loader is None:
         raise MobilecError(f"cannot import {path}", hint="pass a .py file")

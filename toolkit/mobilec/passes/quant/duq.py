@@ -59,12 +59,18 @@ ACT_INIT_RULES: tuple[str, ...] = ("p95", "mse")
 WEIGHT_INIT_RULES: tuple[str, ...] = ("max", "mse")
 
 
+def _subsample(v: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """At most ``n`` values of ``v``, drawn with a seeded generator (keeps big activations cheap)."""
+    if v.numel() <= n:
+        return v
+    return v[torch.randint(0, v.numel(), (n,), generator=torch.Generator().manual_seed(seed))]
+
+
 def _mse_clip(u: torch.Tensor, top: float, lower: float, k: int, cap: float | None,
               candidates: int = 100, max_samples: int = 1 << 16) -> float:
     """The clip ``a`` in ``top·(1..candidates)/candidates`` that quantizes ``u`` with the least squared
     error on the grid ``a·round(k·clip(u/a, lower, 1))/k``."""
-    if u.numel() > max_samples:
-        u = u[torch.randint(0, u.numel(), (max_samples,), generator=torch.Generator().manual_seed(1))]
+    u = _subsample(u, max_samples, seed=1)
     top = min(top, cap) if cap is not None else top
     a = torch.linspace(top / candidates, top, candidates).unsqueeze(1)
     q = (u / a).clamp(lower, 1.0).mul(k).round().div(k).mul(a)
@@ -316,15 +322,14 @@ class DuQuantizer(nn.Module):
         if rule not in ACT_INIT_RULES:
             raise ValueError(f"activation init rule {rule!r}: choose one of {', '.join(ACT_INIT_RULES)}")
         u = x.detach().float().reshape(-1) + self.offset
-        if u.numel() > max_samples:  # a seeded subsample keeps kthvalue cheap on big activations
-            g = torch.Generator().manual_seed(0)
-            u = u[torch.randint(0, u.numel(), (max_samples,), generator=g)]
+        if rule == "mse":  # the error is over all values: subsample them (the p95 rule subsamples the positive ones)
+            u = _subsample(u, max_samples)
         v = u.abs() if self.kind == "signed" else u
-        v = v[v > 0]
+        v = _subsample(v[v > 0], max_samples)
         if v.numel() == 0:
             value = 1e-3
         elif rule == "mse":
-            value = _mse_clip(u, float(v.max()), self.lower, grid_levels(self.kind, self.bits), cap)
+            value = _mse_clip(u, float(v.max()), self.lower, self.levels, cap)
         else:
             value = float(v.kthvalue(max(1, math.ceil(percentile * v.numel()))).values)
         if cap is not None:
@@ -345,8 +350,7 @@ class DuQuantizer(nn.Module):
             else w.detach().float().reshape(1, -1)
         m = rows.abs().amax(dim=1).clamp_min(1e-8)
         if rule == "mse":
-            k = grid_levels(self.kind, self.bits)
-            value = torch.tensor([_mse_clip(r, float(t), -1.0, k, None) for r, t in zip(rows, m, strict=True)])
+            value = torch.tensor([_mse_clip(r, float(t), -1.0, self.levels, None) for r, t in zip(rows, m, strict=True)])
         else:
             value = factor * m
         self.set_range(value if self.per_channel else value[0])
