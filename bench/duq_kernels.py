@@ -1,4 +1,4 @@
-"""Per-tensor cost of one DuQ quantizer (forward + backward) against a ReLU's, eager and compiled kernels.
+"""Per-tensor cost of one DuQ quantizer (forward + backward) against a ReLU's, eager ops and fused C++ kernels.
 
     python bench/duq_kernels.py      # prints milliseconds per call (median of 20), CPU
 
@@ -16,7 +16,7 @@ import torch
 
 from mobilec.passes.quant.duq import DuQuantizer, enable_fused_kernels
 
-SHAPES = [(64, 16, 56, 56), (64, 96, 14, 14), (64, 576, 7, 7)]
+SHAPES = [(64, 16, 56, 56), (64, 96, 14, 14), (64, 576, 7, 7), (64, 96, 4, 4)]
 
 
 def median_ms(fn: Callable[[], None], n: int = 20) -> float:
@@ -33,14 +33,14 @@ def median_ms(fn: Callable[[], None], n: int = 20) -> float:
 def main() -> int:
     torch.manual_seed(0)
     err = enable_fused_kernels(True)
-    print(f"threads {torch.get_num_threads()}; compiled kernels: {'ok' if err is None else err}")
+    print(f"threads {torch.get_num_threads()}; fused kernels: {'ok' if err is None else err}")
     for shape in SHAPES:
         x = torch.relu(torch.randn(shape)).requires_grad_()
         g = torch.randn(shape)
         q = DuQuantizer("unsigned", 4)
         q.set_range(torch.tensor(2.0))
         timings = {"relu": median_ms(lambda x=x, g=g: torch.relu(x).backward(g))}
-        for label, fused in (("duq eager", False), ("duq compiled", True)):
+        for label, fused in (("duq eager", False), ("duq fused", True)):
             if fused and err is not None:
                 continue
             enable_fused_kernels(fused)

@@ -91,95 +91,84 @@ def _sum_to(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.sum(dim=dims, keepdim=True)
 
 
-def _fwd_kernel(x: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor, k: torch.Tensor, step: torch.Tensor,
-                off: torch.Tensor, code_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    t = torch.round(torch.clamp((x + off) * scale, lo, k))
-    return t * step - off, t.to(code_dtype)
+#: the fused C++ CPU kernels (``cpu_kernels.cpp``) while :func:`enable_fused_kernels` has them on
+_FUSED: dict[str, Any] = {"lib": None}
 
 
-def _bwd_kernel(g: torch.Tensor, x: torch.Tensor, off: torch.Tensor, lo_val: torch.Tensor, a: torch.Tensor,
-                ca: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    xs = x + off
-    gm = torch.where((xs > lo_val) & (xs < a), g, 0.0)
-    return gm * ca, (gm * xs).sum(), (g * codes).sum()
+def _is_dense(t: torch.Tensor) -> bool:
+    """Whether ``t``'s elements fill ``t.numel()`` consecutive storage slots (any dimension order, no overlap)."""
+    if t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)):
+        return True  # the common cases, without the Python loop (this runs a few hundred times a step)
+    expected = 1
+    for d in sorted((d for d in range(t.dim()) if t.shape[d] != 1), key=t.stride):
+        if t.stride(d) != expected:
+            return False
+        expected *= t.shape[d]
+    return True
 
 
-#: torch.compile'd versions of the two kernels above (see :func:`enable_fused_kernels`), one per code dtype.
-_FUSED: dict[str, Any] = {"fwd": None, "bwd": None}
-_FUSED_MIN_NUMEL = 1 << 14
+def _same_layout(t: torch.Tensor, like: torch.Tensor) -> bool:
+    return all(t.stride(d) == like.stride(d) for d in range(t.dim()) if t.shape[d] != 1)
 
 
-def _fwd_kernel_int8(x: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor, k: torch.Tensor, step: torch.Tensor,
-                     off: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return _fwd_kernel(x, scale, lo, k, step, off, torch.int8)
+def _laid_out_like(t: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
+    """``t`` (detached) where it is dense and laid out like ``like`` (default: itself), else copied into
+    ``like``'s layout (``like`` must be dense), or contiguous when ``like`` is None and ``t`` not dense.
+
+    The fused kernels run over the tensors' memory in whatever dimension order it has. Keeping that
+    order matters: channels-last activations flattened with ``t.contiguous()`` came back NCHW, and every
+    convolution downstream then ran (and backpropagated) in NCHW, measured ~1.8x slower on CPU."""
+    t = t.detach()
+    if like is None:
+        return t if _is_dense(t) else t.contiguous()
+    if _is_dense(t) and _same_layout(t, like):
+        return t
+    return torch.empty_like(like, memory_format=torch.preserve_format).copy_(t)
 
 
-def _fwd_kernel_uint8(x: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor, k: torch.Tensor, step: torch.Tensor,
-                      off: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return _fwd_kernel(x, scale, lo, k, step, off, torch.uint8)
-
-
-def _compile_kernels() -> tuple[dict[torch.dtype, Any], Any]:
-    """Compiled kernels that see only flat, contiguous, plain float32 tensors (see :func:`_flat`), in
-    no-grad mode (as inside autograd), one function per code dtype (dynamo caches per function):
-    so one graph each serves every layer. Varied ranks, view bases, dtypes and grad modes each cost a
-    recompile, and past dynamo's recompile limit (8) every call ran the slow fallback: measured, the
-    'fused' step was then slower than the eager one."""
-    fwd = {torch.int8: torch.compile(_fwd_kernel_int8, dynamic=True),
-           torch.uint8: torch.compile(_fwd_kernel_uint8, dynamic=True)}
-    return fwd, torch.compile(_bwd_kernel, dynamic=True)
-
-
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    """``t`` as a plain (not a Parameter, no view base), contiguous 1-D tensor, sharing memory when ``t`` is contiguous
-    (an expanded gradient, stride 0, is copied)."""
-    return t.contiguous().view(-1).detach()
+def _fused_ok(x: torch.Tensor) -> bool:
+    return _FUSED["lib"] is not None and x.device.type == "cpu" and x.dtype == torch.float32
 
 
 def enable_fused_kernels(enabled: bool = True) -> str | None:
-    """Fuse the per-tensor DuQ forward/backward into single kernels with ``torch.compile`` (inductor).
+    """Run the per-tensor DuQ quantizers and the int8 fake-quants on CPU through fused C++ kernels
+    (``cpu_kernels.cpp``: one memory pass each way, in the tensors' own layout).
 
-    Numerically the same as the eager path (multiply, clamp, round in float32). The kernels are
-    compiled and tried here; if the platform cannot compile (no C++ toolchain, ...) the eager path
-    stays on and the error text is returned. Returns None on success.
+    The forward values are the eager ones exactly (same float32 arithmetic); the gradients of ``a``
+    and ``c`` are sums in another order. The kernels are built (first use: ~30 s, then cached) and
+    checked against the eager quantizer here; if the platform cannot build them (no C++ compiler, ...)
+    the eager path stays on and the error text is returned. Returns None on success.
     """
     if not enabled:
-        _FUSED.update(fwd=None, bwd=None)
+        _FUSED["lib"] = None
         return None
-    if _FUSED["fwd"] is not None:
+    if _FUSED["lib"] is not None:
         return None
     try:
-        fwd, bwd = _compile_kernels()
-        one = torch.tensor(1.0)
-        with torch.no_grad():
-            for n in (_FUSED_MIN_NUMEL, 3 * _FUSED_MIN_NUMEL + 7):  # two sizes: the graph is compiled size-generic
-                x = torch.randn(n)
-                for dt, lo in ((torch.int8, -1.0), (torch.uint8, 0.0)):
-                    args = (x, one * 7, one * lo * 7, one * 7, one / 7, one * 0)
-                    out, codes = fwd[dt](*args)
-                    ref, ref_codes = _fwd_kernel(*args, dt)
-                    if not (torch.equal(codes, ref_codes) and torch.allclose(out, ref)):
-                        return "the compiled DuQ kernel disagrees with the eager one"
-                    bwd(torch.randn(n), x, one * 0, one * lo, one, one, codes)  # g and x distinct, as in training
+        from mobilec.passes.quant import cpu_kernels
+
+        lib = cpu_kernels.load()
     except Exception as exc:  # no compiler, unsupported platform, ...
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-    _FUSED.update(fwd=fwd, bwd=bwd)
+    _FUSED["lib"] = lib
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3 * 4096 + 7, generator=gen) * 2
+    for kind in KINDS:
+        q = DuQuantizer(kind, 4)
+        q.set_range(torch.tensor(1.3), torch.tensor(0.8))
+        with torch.no_grad():
+            fused = q(x)
+            _FUSED["lib"] = None
+            eager = q(x)
+            _FUSED["lib"] = lib
+        if not torch.equal(fused, eager):
+            _FUSED["lib"] = None
+            return f"the fused DuQ kernel disagrees with the eager one ({kind})"
     return None
 
 
 def fused_kernels_enabled() -> bool:
-    return _FUSED["fwd"] is not None
-
-
-_CONSTS: dict[tuple[float, float, float], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-
-
-def _const_tensors(lo: float, k: float, off: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(lo·k, k, off)`` as 0-dim tensors for the compiled kernels, made once per grid (not once per call)."""
-    key = (lo, k, off)
-    if key not in _CONSTS:
-        _CONSTS[key] = (torch.tensor(lo * k), torch.tensor(k), torch.tensor(off))
-    return _CONSTS[key]
+    return _FUSED["lib"] is not None
 
 
 class _DuQFunction(torch.autograd.Function):
@@ -202,11 +191,10 @@ class _DuQFunction(torch.autograd.Function):
         if shape is not None:
             a, c = a.view(shape), c.view(shape)
         code_dtype = torch.int8 if lo < 0 else torch.uint8
-        fused = _FUSED["fwd"] is not None and shape is None and x.numel() >= _FUSED_MIN_NUMEL
-        if fused:
-            lo_k, k_t, off_t = _const_tensors(lo, k, off)
-            out, codes = _FUSED["fwd"][code_dtype](_flat(x), k / a, lo_k, k_t, c / k, off_t)
-            out = out.view(x.shape)
+        fused = shape is None and _fused_ok(x)
+        if fused:  # the scalars as float32 tensor ops first, so that the kernel multiplies by the eager path's values
+            x = _laid_out_like(x)  # saved below in the layout the backward kernel needs
+            out, codes = _FUSED["lib"].duq_forward(x, float(k / a), lo * k, k, float(c / k), off, lo < 0)
         else:
             t = (x + off).mul_(k / a) if off else x * (k / a)
             t.clamp_(lo * k, k).round_()
@@ -215,7 +203,7 @@ class _DuQFunction(torch.autograd.Function):
             if off:
                 out.sub_(off)
         ctx.save_for_backward(x, a_raw, c_raw, a, c, codes)
-        ctx.consts = (lo, k, off, fused)
+        ctx.consts, ctx.lib = (lo, k, off, fused), _FUSED["lib"]
         return out
 
     @staticmethod
@@ -223,9 +211,10 @@ class _DuQFunction(torch.autograd.Function):
         x, a_raw, c_raw, a, c, codes = ctx.saved_tensors
         lo, k, off, fused = ctx.consts
         ca = c / a
-        if fused:
-            grad_x, sum_a, sum_c = _FUSED["bwd"](_flat(g), _flat(x), _const_tensors(lo, k, off)[2], lo * a, a, ca, codes)
-            grad_x, grad_a, grad_c = grad_x.view(x.shape), sum_a * (-ca / a), sum_c / k
+        if fused:  # g is flattened in x's layout (copied if it has another), so that it lines up with x and the codes
+            grad_x, sum_a, sum_c = ctx.lib.duq_backward(_laid_out_like(g, x), x, codes, off, float(lo * a), float(a),
+                                                        float(ca), ctx.needs_input_grad[0])
+            grad_a, grad_c = (-ca / a) * sum_a, torch.tensor(sum_c / k)
         else:
             xs = x + off if off else x
             inside = (xs > lo * a).logical_and_(xs < a)
@@ -385,6 +374,23 @@ class DuQuantizer(nn.Module):
         return f"kind={self.kind}, bits={self.bits}{shape}, enabled={bool(self.enabled)}"
 
 
+class _Int8FakeQuantFunction(torch.autograd.Function):
+    """``torch.fake_quantize_per_tensor_affine(x, scale, zp, -128, 127)`` through the fused C++ kernels:
+    the same values; the backward recomputes the in-range mask from ``x`` instead of storing it."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
+        x = _laid_out_like(x)
+        ctx.save_for_backward(x)
+        ctx.lib, ctx.qparams = _FUSED["lib"], (scale, zp)
+        return ctx.lib.int8_fq_forward(x, scale, zp)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        (x,) = ctx.saved_tensors
+        return ctx.lib.int8_fq_backward(_laid_out_like(g, x), x, *ctx.qparams), None, None
+
+
 class Int8FakeQuant(nn.Module):
     """Per-tensor affine int8 fake quantization with an EMA min/max observer (frozen in eval).
 
@@ -409,7 +415,8 @@ class Int8FakeQuant(nn.Module):
 
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
-        lo, hi = x.detach().aminmax()
+        # over the tensor's memory where it is dense: aminmax copies a channels-last tensor to NCHW first
+        lo, hi = (x.detach().as_strided((x.numel(),), (1,)) if _is_dense(x) else x.detach()).aminmax()
         lo, hi = lo.float(), hi.float()
         if not math.isfinite(float(lo) - float(hi)):  # inf - inf and nan give nan: one check for both ends
             raise MobilecError("non-finite activations reached an int8 observer: training diverged",
@@ -437,6 +444,8 @@ class Int8FakeQuant(nn.Module):
         if not bool(self.observed):
             return x
         scale, zp = self.qparams()
+        if _fused_ok(x):
+            return _Int8FakeQuantFunction.apply(x, scale, zp)
         return torch.fake_quantize_per_tensor_affine(x, scale, zp, -128, 127)
 
     def extra_repr(self) -> str:

@@ -74,7 +74,7 @@ class DuQTraining(Pass):
     weight_init: str = "max"  # DuQ's 0.9·max|W|, or "mse": least-squares clip, refitted at every weight width
     augment: bool = True
     seed: int = -1  # -1: the run's seed
-    fused_kernels: bool = False  # CPU: torch.compile'd DuQ kernels (same numerics; measured slower, off by default)
+    fused_kernels: bool = True  # CPU: fused C++ quantizer kernels (same forward values; built on first use; see docs)
 
     def __post_init__(self) -> None:
         check_bits(self.weight_bits, "weight_bits")
@@ -258,7 +258,7 @@ class DuQTraining(Pass):
 
     # ----------------------------------------------------------------------------------
     def _fused_kernels(self, device: torch.device, notes: list[str]) -> bool:
-        """Switch the compiled DuQ kernels on (CPU only); a platform that cannot compile is noted in the report."""
+        """Switch the fused C++ quantizer kernels on (CPU only); a platform that cannot build them is noted in the report."""
         from mobilec.passes.quant.duq import enable_fused_kernels, fused_kernels_enabled
 
         if not self.fused_kernels or device.type != "cpu":
