@@ -379,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.step_time:
                 timing = step_time(model, args.data, args.device, args.step_batches, args.seed, args.step_rounds)
                 result["step_time"][model] = {**timing, "machine": desc, "command": command}
-                print(f"{model}: QAT step / fp32 step = {result['step_time'][model]['ratio']:.2f}", flush=True)
+                print(f"{model}: QAT step / fp32 step = {timing.get('ratio_fused', timing['ratio']):.2f} "
+                      f"({'fused kernels' if 'ratio_fused' in timing else 'torch ops'}; torch ops {timing['ratio']:.2f})", flush=True)
             for recipe in [r.strip() for r in args.rows.split(",") if r.strip()]:
                 rows = run_row(model, recipe, targets, args, command, desc)
                 new_rows += rows
