@@ -339,6 +339,8 @@ def render_page(out: Path, result: dict[str, Any], write_text: Any) -> None:
     from mobilec.bench_render import regenerate_command, render_file
 
     write_text(out.with_suffix(".md"), render_markdown(result))
+    if not result.get("rows"):
+        return  # a step-time-only file: no rows table or plots to splice in
     shown = out.relative_to(ROOT) if out.is_absolute() and out.is_relative_to(ROOT) else out
     render_file(out, command=regenerate_command(shown, {}, None))
 
