@@ -23,6 +23,8 @@ from mobilec.passes.quant.qmodules import (
     init_activation_quantizers,
     init_weight_quantizers,
     quant_layers,
+    set_act_bits,
+    set_weight_bits,
     weight_sum,
 )
 
@@ -252,6 +254,27 @@ def test_kinds_follow_the_activation_feeding_each_layer() -> None:
     # outputs: the stem feeds the residual add and dw → int8; dw → pw only (same unsigned grid) → fused
     assert plan.layers["stem.0"].out_fq is not None and plan.layers["dw.0"].fused_into == "pw.0"
     assert plan.layers["se1"].fused_into == "se2" and plan.layers["head"].out_fq is not None
+
+
+def test_high_bit_inputs_keep_first_last_bits_through_the_schedule() -> None:
+    qm = convert_to_duq(TinyNet(), weight_bits=4, act_bits=4, first_last_bits=8, high_bit_inputs=["dw.0"])
+    layers = dict(quant_layers(qm))
+    assert layers["dw.0"].act_q.bits == 8 and layers["dw.0"].weight_q.bits == 4  # only the input is kept
+    set_act_bits(qm, 3)
+    set_weight_bits(qm, 3)
+    assert layers["dw.0"].act_q.bits == 8 and layers["dw.0"].weight_q.bits == 3
+    assert layers["pw.0"].act_q.bits == 3 and layers["stem.0"].act_q.bits == 8
+    assert duq_plan(qm).layers["dw.0"].high_bit_input and any("high_bit_inputs" in n for n in duq_plan(qm).notes)
+
+
+@pytest.mark.parametrize(("names", "first_last", "match"), [
+    (["dw"], 8, "'dw' is not a quantized Conv2d/Linear layer"),
+    (["head"], 8, "'head' is a last layer"),
+    (["dw.0"], None, "first_last_bits is 0"),
+])
+def test_bad_high_bit_inputs_are_named(names: list[str], first_last: int | None, match: str) -> None:
+    with pytest.raises(MobilecError, match=match):
+        convert_to_duq(TinyNet(), weight_bits=4, act_bits=4, first_last_bits=first_last, high_bit_inputs=names)
 
 
 def test_zoo_mobilenets_convert() -> None:

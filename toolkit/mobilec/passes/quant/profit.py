@@ -50,6 +50,7 @@ class DuQTraining(Pass):
     weight_bits: int = 4
     act_bits: int = 4
     first_last_bits: int = 8  # precision of the first and last layer; 0 = same as the others
+    high_bit_inputs: tuple[str, ...] = ()  # body layers whose input activation keeps first_last_bits (mixed precision)
     per_channel_weights: bool = False
     act_schedule: tuple[int, ...] = (8, 5, 4)
     weight_schedule: tuple[int, ...] = (8, 5, 4)
@@ -128,7 +129,8 @@ class DuQTraining(Pass):
         chosen = {n for n, _ in self.selected(model, (nn.Conv2d, nn.Linear))}
         qmodel = qm_.convert_to_duq(
             model, weight_bits=self.weight_bits, act_bits=self.act_bits, first_last_bits=self.first_last_bits or None,
-            per_channel=self.per_channel_weights, select=lambda name, _m: name in chosen)
+            per_channel=self.per_channel_weights, select=lambda name, _m: name in chosen,
+            high_bit_inputs=self.high_bit_inputs)
         plan = qm_.duq_plan(qmodel)
         qm_.enable_quantizers(qmodel, acts=False, weights=False)
         device = torch.device(f"cuda:{dist.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
@@ -230,9 +232,11 @@ class DuQTraining(Pass):
 
         # 6. report, plot, lowering hook
         step_times = trainer.step_seconds
+        act_bits = {n: int(layer.act_q.bits) for n, layer in qm_.quant_layers(qmodel)}
         summary.update(
             weight_bits=self.weight_bits, act_bits=self.act_bits, first_last_bits=self.first_last_bits or None,
             first_last_layers=[n for n, lp in plan.layers.items() if lp.role != "body"],
+            high_bit_inputs=[n for n, lp in plan.layers.items() if lp.high_bit_input],
             per_channel_weights=self.per_channel_weights, n_train=len(y_tr), steps=trainer.total_steps,
             fused_kernels=fused,
             fold_phases=self.fold_phases, constant_channels=dict(plan.constant_channels),
@@ -244,6 +248,7 @@ class DuQTraining(Pass):
             layers_frozen=f"{len(top)} in phase 2, {len(top) + len(mid)} in phase 3 of {len(ranking)} convs",
             act_init={k: round(v, 5) for k, v in act_init.items()},
             layers={n: {"op": lp.op, "act_kind": lp.act_kind, "act_source": lp.act_source, "role": lp.role,
+                        "act_bits": act_bits[n],
                         "output": f"duq:{lp.fused_into}" if lp.fused_into else "int8"} for n, lp in plan.layers.items()},
             notes=list(plan.notes),
         )

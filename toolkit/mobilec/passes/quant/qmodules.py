@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import operator
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -223,6 +223,7 @@ class LayerPlan:
     fused_into: str | None = None  # the output uses this consumer's input quantizer grid
     fused_from: str | None = None  # this layer's input is already on its grid (producer fused)
     role: str = "body"  # first | last | first+last | body
+    high_bit_input: bool = False  # the input keeps first_last_bits (``high_bit_inputs``; the schedule leaves it)
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -495,12 +496,15 @@ def convert_to_duq(
     first_last_bits: int | None = 8,
     per_channel: bool = False,
     select: Any = None,
+    high_bit_inputs: Collection[str] = (),
 ) -> fx.GraphModule:
     """A traced copy of ``model`` with DuQ layers and int8 output fake-quants (quantizers uninitialised).
 
     ``select(name, module) -> bool`` chooses the layers (default: every Conv2d and Linear).
     ``first_last_bits`` is the precision of the first layer(s) (fed by the model input) and the
     last layer(s) (producing the output); None quantizes them like the others.
+    ``high_bit_inputs`` names layers whose *input* activation also keeps ``first_last_bits`` (their
+    weights keep the body width): mixed precision for sensitive activations, reported per layer.
     """
 
     check_bits(weight_bits, "weight_bits")
@@ -566,10 +570,13 @@ def convert_to_duq(
         plan.layers[name].role = "first+last" if first and last else "first" if first else "last" if last else "body"
 
     # 4. swap in the quantized modules
+    _mark_high_bit_inputs(plan, high_bit_inputs, first_last_bits)
     for _node, name, mod in chosen:
         lp = plan.layers[name]
         bits = first_last_bits if (first_last_bits is not None and lp.role != "body") else None
         a_bits, w_bits = (bits or act_bits), (bits or weight_bits)
+        if lp.high_bit_input:
+            a_bits = cast(int, first_last_bits)
         cls = QLinear if isinstance(mod, nn.Linear) else QConv2d
         _set_module(gm, name, cls(mod, lp.act_kind, a_bits, w_bits, per_channel=per_channel, act_cap=lp.act_cap))
 
@@ -600,6 +607,24 @@ def convert_to_duq(
     return gm
 
 
+def _mark_high_bit_inputs(plan: DuQPlan, names: Collection[str], first_last_bits: int | None) -> None:
+    if not names:
+        return
+    if first_last_bits is None:
+        raise MobilecError("high_bit_inputs keep first_last_bits, but first_last_bits is 0 (same as the body)",
+                           hint="set first_last_bits (e.g. 8) or leave high_bit_inputs empty")
+    body = [n for n, lp in plan.layers.items() if lp.role == "body"]
+    for name in names:
+        if name not in plan.layers:
+            raise MobilecError(f"high_bit_inputs: {name!r} is not a quantized Conv2d/Linear layer of the model",
+                               hint=f"use a layer name, e.g. {', '.join(body[:4])}")
+        if plan.layers[name].role != "body":
+            raise MobilecError(f"high_bit_inputs: {name!r} is a {plan.layers[name].role} layer, which already "
+                               f"runs at first_last_bits", hint="list body layers only")
+        plan.layers[name].high_bit_input = True
+    plan.notes.append(f"inputs kept at {first_last_bits} bits (high_bit_inputs): {', '.join(names)}")
+
+
 def _traces_to_input(node: Any, gm: fx.GraphModule) -> bool:
     cur = node
     while isinstance(cur, fx.Node):
@@ -613,9 +638,11 @@ def _traces_to_input(node: Any, gm: fx.GraphModule) -> bool:
 
 # ----------------------------------------------------------------------------- state helpers
 def set_act_bits(model: nn.Module, bits: int, *, include_first_last: bool = False) -> None:
-    """Set the activation bit width of every body layer (first/last keep ``first_last_bits``)."""
+    """Set the activation bit width of every body layer (first/last and ``high_bit_inputs`` keep ``first_last_bits``)."""
     plan = duq_plan(model)
     for name, layer in quant_layers(model):
+        if plan.layers[name].high_bit_input and not include_first_last:
+            continue
         if include_first_last or plan.first_last_bits is None or plan.layers[name].role == "body":
             layer.act_q.bits = bits
 
