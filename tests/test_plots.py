@@ -172,3 +172,12 @@ def test_plots_of_an_earlier_run_in_the_folder_are_removed(tmp_path: Path) -> No
     again.profiles.append(_profile([[1.0, 2.0]]))
     again.write(tmp_path)
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["latency_hist.png", "mine.png"]
+
+
+def test_report_markdown_lists_each_pass_notes() -> None:
+    rep = RunReport(recipe="r", model={"name": "m"}, data={"name": "d"})
+    rep.add_pass("profit", {}, 1.0, steps=3, notes=["inputs kept at 8 bits (high_bit_inputs): dw.0"])
+    rep.add_pass("tucker", {}, 1.0, notes="a string, not a list")
+    md = render_markdown(rep.to_dict())
+    assert "- profit: inputs kept at 8 bits (high_bit_inputs): dw.0" in md
+    assert "- tucker: a" not in md

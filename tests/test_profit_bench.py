@@ -65,6 +65,20 @@ def test_goals_use_the_artifact_accuracy_against_fp32() -> None:
     assert "mobilenet_v2: not run" in md and "mobilenet_v2: not run" not in md2
 
 
+def test_goals_leave_out_rejected_artifacts_and_say_so() -> None:
+    b = _bench()
+    rows = []
+    for seed, acc in ((0, 0.918), (1, 0.80)):
+        row = b.rows_from_report(_report("profit4bit", acc), model="m", recipe="profit4bit", command="c", machine="h")[0]
+        rows.append({**row, "seed": seed})
+    rows[1]["status"] = "rejected: executorch vs eager: top-1 agreement 0.9937 < min_top1_agreement 0.995"
+    goals = b.check_goals(rows, {})
+    assert goals["m/profit4bit/executorch"]["seeds"] == [0] and goals["m/profit4bit/executorch"]["met"]
+    assert goals["rejected_artifacts_left_out"] == ["m/profit4bit/executorch seed 1"]
+    md = b.render_markdown({"rows": rows, "goals": goals, "machine": {"description": "h"}, "step_time": {}})
+    assert "Left out of the goals" in md and "m/profit4bit/executorch seed 1" in md
+
+
 def test_rows_merge_by_model_recipe_target(tmp_path: Path) -> None:
     b = _bench()
     out = tmp_path / "profit.json"

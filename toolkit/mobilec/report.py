@@ -151,6 +151,9 @@ def render_markdown(rep: dict[str, Any]) -> str:
             summ = ", ".join(f"{k}={_fmt(v)}" for k, v in p["summary"].items() if not isinstance(v, list | dict))
             lines.append(f"| {p['name']} | {p['seconds']:.1f} | {summ} |")
         lines.append("")
+        pass_notes = [f"- {p['name']}: {n}" for p in rep["passes"] if isinstance(p["summary"].get("notes"), list)
+                      for n in p["summary"]["notes"]]
+        lines += [*pass_notes, ""] if pass_notes else []
         for i, p in enumerate(rep["passes"]):  # each pass's detail table, then its plots
             lines += _pass_detail_lines(p) + _plot_lines(rep, f"pass:{i}")
     if rep["artifacts"]:

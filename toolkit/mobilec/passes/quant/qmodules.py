@@ -614,6 +614,7 @@ def _mark_high_bit_inputs(plan: DuQPlan, names: Collection[str], first_last_bits
         raise MobilecError("high_bit_inputs keep first_last_bits, but first_last_bits is 0 (same as the body)",
                            hint="set first_last_bits (e.g. 8) or leave high_bit_inputs empty")
     body = [n for n, lp in plan.layers.items() if lp.role == "body"]
+    names = list(dict.fromkeys(names))  # a name listed twice is one layer
     for name in names:
         if name not in plan.layers:
             raise MobilecError(f"high_bit_inputs: {name!r} is not a quantized Conv2d/Linear layer of the model",
