@@ -277,6 +277,26 @@ def test_bad_high_bit_inputs_are_named(names: list[str], first_last: int | None,
         convert_to_duq(TinyNet(), weight_bits=4, act_bits=4, first_last_bits=first_last, high_bit_inputs=names)
 
 
+def test_break_rounding_ties_moves_a_channel_off_an_exact_ratio() -> None:
+    from mobilec.passes.quant.qmodules import _tie_prone, break_rounding_ties
+
+    qm = fold_batchnorm(quantized_tiny(3))
+    plan, layers = duq_plan(qm), dict(quant_layers(qm))
+    assert plan.layers["dw.0"].fused_into == "pw.0"
+    layer, cons = layers["dw.0"], layers["pw.0"].act_q
+    step = float(cons.a()) / cons.levels
+    with torch.no_grad():  # channel 0: output step = 14/5 accumulator steps, bias -2 steps (the mobilenet_v2 case)
+        layer.out_scale[0] *= step / 2.8 / float(accumulator_lsb(layer)[0])
+        layer.bias.data[0] = -2 * float(accumulator_lsb(layer)[0])
+    assert bool(_tie_prone(step / accumulator_lsb(layer), cons.levels)[0])
+    moved = break_rounding_ties(qm)
+    assert 0 in moved["dw.0"] and any("rounding tie" in n for n in plan.notes)
+    lsb = accumulator_lsb(layer)
+    assert not bool(_tie_prone(step / lsb, cons.levels).any())
+    bias_steps = float(layer.bias[0] / lsb[0])
+    assert abs(bias_steps - round(bias_steps)) < 1e-4  # still on the accumulator grid
+
+
 def test_zoo_mobilenets_convert() -> None:
     v2 = duq_plan(convert_to_duq(mobilenet_v2(), weight_bits=4, act_bits=4))
     assert {lp.act_kind for lp in v2.layers.values()} == {"signed", "unsigned"}

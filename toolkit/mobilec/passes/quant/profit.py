@@ -225,6 +225,7 @@ class DuQTraining(Pass):
         broadcast_state(qmodel, dist)
         qmodel.cpu().eval()
         qm_.fold_batchnorm(qmodel)  # fixes the trainable fold (same numbers) or folds now (fold_phases = 0)
+        plan = qm_.duq_plan(qmodel)  # the kept model's own plan (the EMA copy has its own): folding records into it
         summary["holdout_accuracy"] = {**{k: round(v, 5) for k, v in scores.items()},
                                        "selected": pick, "n": len(y_ho)}
         if len(y_ho):
@@ -236,7 +237,8 @@ class DuQTraining(Pass):
         summary.update(
             weight_bits=self.weight_bits, act_bits=self.act_bits, first_last_bits=self.first_last_bits or None,
             first_last_layers=[n for n, lp in plan.layers.items() if lp.role != "body"],
-            high_bit_inputs=[n for n, lp in plan.layers.items() if lp.high_bit_input],
+            high_bit_inputs=[n for n, lp in plan.layers.items() if getattr(lp, "high_bit_input", False)],
+            tie_nudged_channels=dict(getattr(plan, "tie_nudged_channels", {})),
             per_channel_weights=self.per_channel_weights, n_train=len(y_tr), steps=trainer.total_steps,
             fused_kernels=fused,
             fold_phases=self.fold_phases, constant_channels=dict(plan.constant_channels),
