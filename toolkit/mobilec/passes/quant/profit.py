@@ -224,7 +224,7 @@ class DuQTraining(Pass):
         qmodel = candidates[pick]
         broadcast_state(qmodel, dist)
         qmodel.cpu().eval()
-        qm_.fold_batchnorm(qmodel)  # fixes the trainable fold (same numbers) or folds now (fold_phases = 0)
+        qm_.fold_batchnorm(qmodel)  # fixes the trainable fold (same numbers but tie-prone channels) or folds now
         plan = qm_.duq_plan(qmodel)  # the kept model's own plan (the EMA copy has its own): folding records into it
         summary["holdout_accuracy"] = {**{k: round(v, 5) for k, v in scores.items()},
                                        "selected": pick, "n": len(y_ho)}

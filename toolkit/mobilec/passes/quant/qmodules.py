@@ -755,7 +755,8 @@ def fold_batchnorm(model: fx.GraphModule, *, trainable: bool = False) -> fx.Grap
     and its forward is already the exported arithmetic (folded scale, bias snapped to the
     accumulator grid with a straight-through gradient). The default (final) fold then fixes
     the scale and the bias; after it the eager model computes exactly what the integer artifact
-    computes (see ``lowering.py``), and equals the trainable-fold forward in eval mode.
+    computes (see ``lowering.py``), and equals the trainable-fold forward in eval mode except in the
+    channels ``break_rounding_ties`` scales by 1 + 2^-12.
     Returns the same (modified) model; the number of constant channels per layer is in
     ``duq_plan(model).constant_channels``.
     """
