@@ -805,9 +805,10 @@ def _output_step(model: nn.Module, lp: LayerPlan, layers: dict[str, QConv2d | QL
 def _tie_prone(ratio: torch.Tensor, levels: int) -> torch.Tensor:
     """Channels whose output step is ``2N/q`` accumulator steps (q odd, q <= 2·levels + 1, N <= 64).
 
-    Then every accumulator value ``N·(odd)`` minus the bias lands exactly on half an output step, where
-    the float fake-quant and the integer artifact may round differently; with a small N such values
-    are frequent (a 3-bit mobilenet_v2 had 1552 of them in one channel, and 99.37 % agreement).
+    Then (q and N coprime) every accumulator total, bias included, that is an odd multiple of N lands
+    exactly on half an output step, where the float fake-quant and the integer artifact may round
+    differently; with a small N such totals are frequent (a 3-bit mobilenet_v2 had 1552 of them in one
+    channel, and 99.37 % agreement). Grids with an offset (h-swish's -3/8) are checked without it.
     """
     q = torch.arange(1, 2 * levels + 2, 2, dtype=torch.float64)
     n = ratio.double()[:, None] * q[None, :] / 2
