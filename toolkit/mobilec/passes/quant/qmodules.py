@@ -59,6 +59,8 @@ class _QLayer(nn.Module):
         self.train_folded = False  # forward = folded BN with the bias on the accumulator grid, as exported
         self.keep_qinput = False  # AIWQ asks for the quantized input of the current step
         self._qin: torch.Tensor | None = None
+        #: (W_q, g, b) of the current training step, computed for all layers at once (``batched.py``)
+        self._pre: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None] | None = None
 
     @property
     def folded(self) -> bool:
@@ -128,7 +130,9 @@ class _QLayer(nn.Module):
 
     def _affine(self, y: torch.Tensor, wq: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         if self.train_folded:
-            g, b = self.folded_scale_bias(wq)
+            pre = getattr(self, "_pre", None)
+            g, b = (pre[1], pre[2]) if pre is not None and pre[1] is not None else self.folded_scale_bias(wq)
+            assert g is not None and b is not None
             return y * g.view(shape) + b.view(shape)
         if self.out_scale is not None:
             y = y * self.out_scale.view(shape)
@@ -138,6 +142,11 @@ class _QLayer(nn.Module):
 
     def quantized_weight(self) -> torch.Tensor:
         return self.weight_q(self.weight)
+
+    def _step_weight(self) -> torch.Tensor:
+        """The quantized weight of this forward: precomputed for the whole model in training, else computed here."""
+        pre = getattr(self, "_pre", None)  # models pickled before the attribute existed lack it
+        return pre[0] if pre is not None else self.quantized_weight()
 
     def _quant_input(self, x: torch.Tensor) -> torch.Tensor:
         xq = self.act_q(x)
@@ -172,7 +181,7 @@ class QConv2d(_QLayer):
     op = conv  #: the layer's product without bias (what AIWQ re-runs with the previous weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        wq = self.quantized_weight()
+        wq = self._step_weight()
         return self._affine(self.conv(self._quant_input(x), wq), wq, (1, -1, 1, 1))
 
     def extra_repr(self) -> str:
@@ -197,7 +206,7 @@ class QLinear(_QLayer):
         return F.linear(x, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        wq = self.quantized_weight()
+        wq = self._step_weight()
         return self._affine(self.op(self._quant_input(x), wq), wq, (1, -1))
 
     def extra_repr(self) -> str:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mobilec.errors import MobilecError
+from mobilec.passes.quant import batched
 from mobilec.passes.quant.qmodules import quant_layers
 
 
@@ -200,6 +201,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             net = DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=True)
         n_warm = round(warmup * steps)
+        hooks = [self.model.register_forward_pre_hook(batched.precompute_hook),
+                 self.model.register_forward_hook(batched.clear_hook)]  # all layers' weights and folds at once
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
         self.model.train()
@@ -234,6 +237,9 @@ class Trainer:
                     if bar is not None:
                         bar[0].update(bar[1], advance=1, info=f"loss {loss_sum / seen:.4f}")
         finally:
+            for h in hooks:
+                h.remove()
+            batched.clear(self.model)  # a forward that raised leaves its step's values behind
             if bar is not None:
                 bar[0].stop()
             for p in self.model.parameters():
