@@ -201,8 +201,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             net = DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=True)
         n_warm = round(warmup * steps)
-        hooks = [self.model.register_forward_pre_hook(batched.precompute_hook),
-                 self.model.register_forward_hook(batched.clear_hook)]  # all layers' weights and folds at once
+        hooks = [self.model.register_forward_pre_hook(batched.precompute_hook),  # all layers' weights and folds at once
+                 self.model.register_forward_hook(batched.clear_hook)] if any(True for _ in quant_layers(self.model)) else []
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
         self.model.train()
