@@ -8,7 +8,8 @@ installed by the Trainer as a forward pre-hook on the model, does all of it befo
 - the per-tensor DuQ weight quantizers of all layers in one autograd node (:class:`_DuQWeightsFunction`),
   through the fused C++ kernels (one kernel call per weight tensor);
 - the folded scale ``g`` and the snapped bias ``b`` of all BN-folded layers at once, on the
-  concatenated per-channel vectors.
+  concatenated per-channel vectors (``qmodules.folded_scales_biases``, which a layer outside training
+  runs on itself alone).
 
 Each layer's forward then uses its entry in ``layer._pre``. The values are those of the per-layer
 path bit for bit (the same float32 operations per element; ``softplus`` runs per quantizer because
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mobilec.passes.quant import duq
-from mobilec.passes.quant.qmodules import QConv2d, QLinear, quant_layers
+from mobilec.passes.quant.qmodules import QConv2d, QLinear, folded_scales_biases, quant_layers
 
 Layer = QConv2d | QLinear
 
@@ -100,38 +101,6 @@ def quantized_weights(layers: list[Layer]) -> list[torch.Tensor]:
         for i, wq in zip(batch, res, strict=True):
             out[i] = wq
     return [wq if wq is not None else layer.quantized_weight() for wq, layer in zip(out, layers, strict=True)]
-
-
-def folded_scales_biases(layers: list[Layer], wqs: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """:meth:`_QLayer.folded_scale_bias` of every layer (each ``train_folded``) on the concatenated channels."""
-    counts = [layer.weight.shape[0] for layer in layers]
-    ref = layers[0].weight
-
-    def cat(parts: list[torch.Tensor | None], fill: float) -> torch.Tensor:
-        return torch.cat([p if p is not None else ref.new_full((n,), fill) for p, n in zip(parts, counts, strict=True)])
-
-    bn = [layer.bn_var is not None for layer in layers]
-    gamma = cat([layer.bn_weight if b else None for layer, b in zip(layers, bn, strict=True)], 1.0)
-    var_eps = cat([layer.bn_var + layer.bn_eps if b else None for layer, b in zip(layers, bn, strict=True)], 1.0)
-    const = torch.cat([layer.bn_const if b else ref.new_zeros(n, dtype=torch.bool)
-                       for layer, b, n in zip(layers, bn, counts, strict=True)])
-    g = (gamma / torch.sqrt(var_eps)).masked_fill(const, 0.0)
-    bias = cat([layer.bias for layer in layers], 0.0)
-    beta = cat([layer.bn_bias if b else None for layer, b in zip(layers, bn, strict=True)], 0.0)
-    mean = cat([layer.bn_mean if b else None for layer, b in zip(layers, bn, strict=True)], 0.0)
-    b = beta + g * (bias - mean)
-    with torch.no_grad():
-        unit = torch.cat([(layer.act_q.c() / layer.act_q.levels * (layer.weight_q.c() / layer.weight_q.levels)).expand(n)
-                          for layer, n in zip(layers, counts, strict=True)])  # input step × weight step (per channel)
-        gd = g.detach().abs()
-        gd = torch.where(gd > 0, gd, torch.ones_like(gd))
-        lsb = (unit * gd).abs()
-        shift = torch.cat([layer.act_q.offset * g_i * wq.detach().reshape(n, -1).sum(1) if layer.act_q.offset
-                           else g_i.new_zeros(n)  # the per-layer path's 0·g·ΣW_q, up to the sign of zero
-                           for layer, g_i, wq, n in zip(layers, g.detach().split(counts), wqs, counts, strict=True)])
-        snapped = torch.round((b.detach() - shift) / lsb) * lsb + shift
-    b = b + (snapped - b.detach())
-    return list(zip(g.split(counts), b.split(counts), strict=True))
 
 
 def precompute(model: nn.Module) -> None:

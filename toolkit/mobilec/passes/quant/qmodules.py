@@ -101,22 +101,7 @@ class _QLayer(nn.Module):
         ``b`` snapped to multiples of the accumulator step (input step × weight step × |g|; × 1 where
         g = 0), the h-swish offset's share ``(3/8)·g·ΣW_q`` kept exact. The export uses these values.
         """
-        out = self.weight.shape[0]
-        if self.bn_var is not None:
-            assert self.bn_weight is not None and self.bn_bias is not None and self.bn_const is not None
-            g = self.bn_weight / torch.sqrt(self.bn_var + self.bn_eps)
-            g = g.masked_fill(self.bn_const, 0.0)
-            b0 = self.bias if self.bias is not None else torch.zeros_like(g)
-            b = self.bn_bias + g * (b0 - self.bn_mean)
-        else:
-            g = self.weight.new_ones(out)
-            b = self.bias if self.bias is not None else self.weight.new_zeros(out)
-        with torch.no_grad():
-            lsb = accumulator_lsb(self, g)
-            w = wq if wq is not None else self.quantized_weight()
-            shift = self.act_q.offset * g.detach() * w.detach().reshape(out, -1).sum(1)
-            snapped = torch.round((b.detach() - shift) / lsb) * lsb + shift
-        return g, b + (snapped - b.detach())
+        return folded_scales_biases([self], [wq])[0]
 
     @torch.no_grad()
     def freeze_fold(self) -> None:
@@ -747,6 +732,40 @@ def accumulator_lsb(layer: QConv2d | QLinear, g: torch.Tensor | None = None) -> 
     g = g.detach().abs()
     g = torch.where(g > 0, g, torch.ones_like(g))
     return (s_in * s_w * g).abs().detach().expand(out).clone()
+
+
+def folded_scales_biases(layers: list[QConv2d | QLinear], wqs: list[torch.Tensor | None]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The folded scale ``g`` and snapped bias ``b`` of each layer (see :meth:`_QLayer.folded_scale_bias`),
+    computed on the layers' concatenated channels: one set of ops for a whole model in training
+    (``batched.py``). ``wqs[i]`` is layer i's quantized weight of this forward (None: computed here)."""
+    counts = [layer.weight.shape[0] for layer in layers]
+    ref = layers[0].weight
+
+    def cat(parts: list[torch.Tensor | None], fill: float) -> torch.Tensor:
+        return torch.cat([p if p is not None else ref.new_full((n,), fill) for p, n in zip(parts, counts, strict=True)])
+
+    bn = [layer.bn_var is not None for layer in layers]
+    gamma = cat([layer.bn_weight if b else None for layer, b in zip(layers, bn, strict=True)], 1.0)
+    var_eps = cat([layer.bn_var + layer.bn_eps if b else None for layer, b in zip(layers, bn, strict=True)], 1.0)
+    const = torch.cat([layer.bn_const if b else ref.new_zeros(n, dtype=torch.bool)
+                       for layer, b, n in zip(layers, bn, counts, strict=True)])
+    g = (gamma / torch.sqrt(var_eps)).masked_fill(const, 0.0)
+    bias = cat([layer.bias for layer in layers], 0.0)
+    beta = cat([layer.bn_bias if b else None for layer, b in zip(layers, bn, strict=True)], 0.0)
+    mean = cat([layer.bn_mean if b else None for layer, b in zip(layers, bn, strict=True)], 0.0)
+    b = beta + g * (bias - mean)
+    with torch.no_grad():
+        unit = torch.cat([(layer.act_q.c() / layer.act_q.levels * (layer.weight_q.c() / layer.weight_q.levels)).expand(n)
+                          for layer, n in zip(layers, counts, strict=True)])  # accumulator_lsb's s_in·s_w, per channel
+        gd = g.detach().abs()
+        gd = torch.where(gd > 0, gd, torch.ones_like(gd))
+        lsb = (unit * gd).abs()
+        shift = torch.cat([layer.act_q.offset * g_i * (wq if wq is not None else layer.quantized_weight()).detach()
+                           .reshape(n, -1).sum(1) if layer.act_q.offset else g_i.new_zeros(n)
+                           for layer, g_i, wq, n in zip(layers, g.detach().split(counts), wqs, counts, strict=True)])
+        snapped = torch.round((b.detach() - shift) / lsb) * lsb + shift
+    b = b + (snapped - b.detach())
+    return list(zip(g.split(counts), b.split(counts), strict=True))
 
 
 def weight_sum(layer: QConv2d | QLinear) -> torch.Tensor:
