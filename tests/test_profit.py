@@ -90,6 +90,43 @@ def test_ema_tracks_float_state_and_copies_flags() -> None:
     assert ema.get_submodule("pw.0").act_q.bits == 4
 
 
+def test_ema_equals_the_per_tensor_average_through_a_fold_and_a_bit_change() -> None:
+    """update_ema reuses its pairing of EMA and model tensors while the model's tensors stay the same objects:
+    a fold (new entries, dropped ones) and a bit change must still give the step-by-step reference."""
+    from mobilec.passes.quant.qmodules import enable_quantizers, fold_batchnorm
+
+    qm = quantized_tiny(4, seed=2).train()
+    enable_quantizers(qm, acts=True, weights=True)
+    trainer = _trainer(qm)
+    ref = {k: v.detach().clone() for k, v in qm.state_dict().items()}
+
+    def step_reference() -> None:  # the EMA written out per tensor
+        for k, v in qm.state_dict().items():
+            e = ref.get(k)
+            if v.dtype.is_floating_point and e is not None and e.shape == v.shape:
+                e.mul_(0.9).add_(v, alpha=1 - 0.9)
+            else:
+                ref[k] = v.clone()
+
+    def steps(n: int) -> None:
+        for _ in range(n):
+            with torch.no_grad():
+                for p in qm.parameters():
+                    p.add_(torch.randn_like(p), alpha=0.01)
+            trainer.update_ema()
+            step_reference()
+
+    steps(3)
+    fold_batchnorm(qm, trainable=True)  # BN modules replaced: entries appear and disappear
+    steps(2)
+    qm.get_submodule("pw.0").act_q.bits = 3  # an integer buffer changes in place
+    steps(2)
+    assert trainer.ema is not None
+    for k in qm.state_dict():
+        assert torch.equal(trainer.ema[k], ref[k]), k
+    assert trainer.ema["pw.0.act_q.bits_buf"].item() == 3
+
+
 @pytest.mark.slow
 def test_profit_pass_end_to_end(tmp_path: Path) -> None:
     from mobilec.context import Context
