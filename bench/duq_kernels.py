@@ -2,7 +2,8 @@
 
     python bench/duq_kernels.py      # prints milliseconds per call (median of 20), CPU
 
-An isolated measurement of the quantizer's memory passes; the training-step ratio is
+An isolated measurement of the quantizer's memory passes, and of the Trainer's per-step EMA update
+on the BN-folded W4A4 zoo models; the training-step ratio is
 ``bench/profit.py --step-time``. Nothing is written to bench/results: the numbers are quoted in
 docs/profit.md ("Step time") with the machine they came from.
 """
@@ -47,7 +48,27 @@ def main() -> int:
             timings[label] = median_ms(lambda q=q, x=x, g=g: q(x).backward(g))
         print(shape, "  ".join(f"{k} {v:.2f} ms" for k, v in timings.items()))
     enable_fused_kernels(False)
+    ema_update_times()
     return 0
+
+
+def ema_update_times() -> None:
+    """``Trainer.update_ema`` per step (ema_decay 0.98, as the recipes) on each BN-folded W4A4 zoo model."""
+    import copy
+
+    from mobilec.models import build_model
+    from mobilec.passes.quant import qmodules as qm_
+    from mobilec.passes.quant.trainer import DistInfo, Trainer
+
+    for name in ("mobilenet_v2", "mobilenet_v3_small"):
+        q = qm_.convert_to_duq(build_model(name, num_classes=10, in_channels=1), weight_bits=4, act_bits=4)
+        qm_.init_activation_quantizers(q, torch.randn(64, 1, 28, 28))
+        qm_.init_weight_quantizers(q)
+        folded = qm_.fold_batchnorm(copy.deepcopy(q), trainable=True)
+        x, y = torch.randn(8, 1, 28, 28), torch.zeros(8, dtype=torch.long)
+        tr = Trainer(folded, x, y, teacher=None, batch_size=8, weight_decay=0.0, quant_lr_scale=0.01, augment=False,
+                     hflip=False, zero=torch.zeros(1, 1, 1, 1), seed=0, ema_decay=0.98, dist=DistInfo())
+        print(f"{name}: {len(folded.state_dict())} state tensors, update_ema {median_ms(tr.update_ema, 50):.2f} ms")
 
 
 if __name__ == "__main__":
