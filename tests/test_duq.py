@@ -297,6 +297,19 @@ def test_break_rounding_ties_moves_a_channel_off_an_exact_ratio() -> None:
     assert abs(bias_steps - round(bias_steps)) < 1e-4  # still on the accumulator grid
 
 
+def test_break_rounding_ties_says_when_it_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mobilec.passes.quant import qmodules
+
+    qm = fold_batchnorm(quantized_tiny(3))
+    layer, cons = dict(quant_layers(qm))["dw.0"], dict(quant_layers(qm))["pw.0"].act_q
+    with torch.no_grad():  # channel 0 on 14/5 accumulator steps, as above
+        layer.out_scale[0] *= float(cons.a()) / cons.levels / 2.8 / float(accumulator_lsb(layer)[0])
+    monkeypatch.setattr(qmodules, "TIE_NUDGE", 1.0)  # a nudge that cannot move it
+    with pytest.warns(UserWarning, match="still on a rounding-tie ratio after 8 nudges"):
+        qmodules.break_rounding_ties(qm)
+    assert any("dw.0 [0]" in n and "still on a rounding-tie" in n for n in duq_plan(qm).notes)
+
+
 def test_zoo_mobilenets_convert() -> None:
     v2 = duq_plan(convert_to_duq(mobilenet_v2(), weight_bits=4, act_bits=4))
     assert {lp.act_kind for lp in v2.layers.values()} == {"signed", "unsigned"}
