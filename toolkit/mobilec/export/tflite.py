@@ -29,6 +29,7 @@ from mobilec.export import (
 )
 from mobilec.export.base import Artifact, ExporterBase
 from mobilec.export.layers import check_layers, layer_bits, summarize, tflite_records
+from mobilec.export.tflite_names import names_note, strip_tensor_names
 from mobilec.io import atomic_path
 from mobilec.quant import QuantPlan
 
@@ -87,10 +88,13 @@ class TFLiteExporter(ExporterBase):
             edge_model.export(str(tmp))
         seconds = time.perf_counter() - t0
 
+        records = tflite_records(out_path)
+        names_saved = strip_tensor_names(out_path)  # after the records read the module hints from the names
         diff, session_notes = smoke_check(out_path, self.target, example, reference)
         notes += session_notes
         size = out_path.stat().st_size
-        records = tflite_records(out_path)
+        if names_saved:
+            notes.append(names_note(names_saved))
         layers, problems = layer_bits(model, records)
         problems += check_layers(layers, model, file_size=size)
         if layers:

@@ -51,6 +51,7 @@ from torch import nn
 
 from mobilec.errors import ExportError, MobilecError
 from mobilec.export.base import Artifact, LayerBits
+from mobilec.export.tflite_names import names_note, strip_tensor_names
 from mobilec.passes.binarize import BINARY_TYPES, BinaryConv2d, BinaryLinear
 from mobilec.passes.prune import (
     PrunedQuantLinear,
@@ -641,6 +642,7 @@ def lower_binary(model: nn.Module, target: str, example_inputs: tuple[torch.Tens
         converted = quantize_binary(model, (example,), batches, fold_quantize=target == "executorch")
         lower = _lower_executorch if target == "executorch" else _lower_tflite
         delegation, records = lower(converted, example, out_path)
+        names_saved = strip_tensor_names(out_path) if target == "tflite" else 0  # after the records read the names
     except MobilecError:
         raise
     except Exception as exc:
@@ -660,6 +662,8 @@ def lower_binary(model: nn.Module, target: str, example_inputs: tuple[torch.Tens
                and m._buffers.get("out_qparams") is not None and float(m.out_qparams[2]) > 0]
     rounded += [m for m in model.modules() if has_output_rounding(m)]
     notes = [NO_XNOR_NOTE, *storage_notes(model), *session_notes]
+    if names_saved:
+        notes.append(names_note(names_saved))
     notes.append(f"binary inputs: sign(x - t) as clamp((x - t)*2^100 + 1, -1, 1) quantized at scale 1/127 (int8 +-127); "
                  f"{len(fixed)} layer output grid(s) fixed by the pass, {len(rounded)} of them rounded in the eager model too"
                  + ("" if fixed else " (none: activation ranges calibrated here; binary inputs may flip)"))

@@ -40,6 +40,7 @@ from torch import fx, nn
 
 from mobilec.errors import ExportError, MobilecError
 from mobilec.export.base import Artifact, LayerBits
+from mobilec.export.tflite_names import names_note, strip_tensor_names
 from mobilec.passes.quant.duq import HSWISH_OFFSET, DuQuantizer, Int8FakeQuant
 from mobilec.passes.quant.qmodules import QConv2d, QLinear, duq_plan, quant_layers
 
@@ -290,9 +291,12 @@ def lower_duq(model: nn.Module, target: str, example_inputs: tuple[torch.Tensor,
     finally:
         model.train(was_training)
     records = art.pop("records")
+    names_saved = strip_tensor_names(out_path) if target == "tflite" else 0  # after the records read the names
     layers, problems = _layer_bits(infos, records)
     size = out_path.stat().st_size
     notes = list(art.pop("notes"))
+    if names_saved:
+        notes.append(names_note(names_saved))
     plan = duq_plan(model)
     notes.append(_bits_note(infos, layers, plan.first_last_bits))
     notes += [f"layer table: {p}" for p in problems]
