@@ -218,7 +218,9 @@ def render(rows: list[dict], per_tensor: dict | None = None) -> str:
                       f"{fp32_pte['size_bytes'] / per_tensor['size_bytes']:.2f}x smaller than fp32 but keeps "
                       f"{per_tensor['accuracy']:.2%} top-1 (agreement with its own simulation {per_tensor['top1_agreement']:.4f}, "
                       f"{str(per_tensor['status']).split(':')[0]}): per-channel scales are what keep this model's accuracy."]
-    lines += ["", f"Machine: {m.get('cpu')} ({m.get('cores')} cores, shared); command: `{rows[0].get('command') if rows else ''}`", ""]
+    simd = f", SIMD: {' '.join(m['simd'])}" if m.get("simd") else ""
+    command = rows[0].get("command") if rows else ""
+    lines += ["", f"Machine: {m.get('cpu')} ({m.get('cores')} cores{simd}, shared); command: `{command}`", ""]
     return "\n".join(lines)
 
 

@@ -10,19 +10,25 @@ from typing import Any
 
 from mobilec.io import write_json_atomic, write_text_atomic
 
+#: CPU features that pick the int8/fp32 kernels of XNNPACK and LiteRT (the same file can run 2x apart on
+#: two hosts that both call themselves "AMD EPYC": with and without AVX-512 VNNI)
+SIMD_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve")
+
 
 def machine_description() -> dict[str, Any]:
     import os
 
-    cpu = platform.processor() or platform.machine()
+    fields: dict[str, str] = {}  # the first processor's entries
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.system(), "python": platform.python_version()}
+    cpu = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())  # x86 / ARM
+    return {"cpu": cpu, "cores": os.cpu_count(), "simd": [f for f in SIMD_FEATURES if f in flags],
+            "system": platform.system(), "python": platform.python_version()}
 
 
 @dataclass
