@@ -68,3 +68,21 @@ def test_mismatched_checkpoint_names_keys(tmp_path: Path) -> None:
         load_matching_state_dict(torch.nn.Sequential(torch.nn.Linear(3, 5)), path)
     with pytest.raises(MobilecError, match=r"missing keys 1\.bias, 1\.weight"):
         load_matching_state_dict(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 1)), path)
+
+
+@pytest.mark.parametrize(("text", "cpu", "simd"), [
+    ("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma avx512f avx512_vnni\n\n"
+     "processor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n", "AMD EPYC", ["avx2", "fma", "avx512f", "avx512_vnni"]),
+    ("processor\t: 0\nFeatures\t: fp asimd asimddp i8mm\n", None, ["asimddp", "i8mm"]),  # ARM: no model name line
+    ("", None, []),
+])
+def test_machine_description_names_the_cpu_and_its_simd_features(tmp_path: Path, text: str, cpu: str | None,
+                                                                  simd: list[str]) -> None:
+    from mobilec.report import machine_description
+
+    (tmp_path / "cpuinfo").write_text(text)
+    m = machine_description(tmp_path / "cpuinfo")
+    assert m["simd"] == simd and m["cores"] >= 1
+    if cpu is not None:
+        assert m["cpu"] == cpu
+    assert machine_description(tmp_path / "missing")["simd"] == []  # no /proc/cpuinfo (macOS): no features, no error

@@ -15,12 +15,12 @@ from mobilec.io import write_json_atomic, write_text_atomic
 SIMD_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve")
 
 
-def machine_description() -> dict[str, Any]:
+def machine_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
     import os
 
     fields: dict[str, str] = {}  # the first processor's entries
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in cpuinfo.read_text().splitlines():
             key, _, value = line.partition(":")
             fields.setdefault(key.strip(), value.strip())
     except OSError:
