@@ -20,6 +20,15 @@ EXIT_USER_ERROR = 2
 EXIT_VERIFY_FAILED = 3
 
 
+#: control characters written as escapes, so that an error naming user input (a device serial with a
+#: carriage return, a path with a newline) stays one line
+_ESCAPES = {c: repr(chr(c))[1:-1] for c in [*range(0x20), 0x7F]}
+
+
+def one_line(text: object) -> str:
+    return str(text).translate(_ESCAPES)
+
+
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn MobilecError into one 'error: ...' line and a non-zero exit, never a traceback."""
 
@@ -29,7 +38,7 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             with _sigterm_as_interrupt():
                 return fn(*args, **kwargs)
         except MobilecError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {one_line(exc)}", err=True)
             sys.exit(EXIT_USER_ERROR)
         except click.exceptions.Exit:
             raise
@@ -39,7 +48,7 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             if os.environ.get("MOBILEC_DEBUG"):
                 raise
             click.echo(
-                f"internal error (a bug in mobilec, please report it): {type(exc).__name__}: {exc}; "
+                f"internal error (a bug in mobilec, please report it): {type(exc).__name__}: {one_line(exc)}; "
                 "rerun with MOBILEC_DEBUG=1 for the traceback",
                 err=True,
             )
@@ -84,7 +93,7 @@ class _OneLineErrors(click.Group):
             sys.exit(exc.exit_code)
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx is not None else "mobilec"
-            click.echo(f"error: {exc.format_message()} (fix: see `{where} --help`)", err=True)
+            click.echo(f"error: {one_line(exc.format_message())} (fix: see `{where} --help`)", err=True)
             sys.exit(EXIT_USER_ERROR)
         except click.ClickException as exc:
             exc.show()
