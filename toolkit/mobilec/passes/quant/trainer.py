@@ -284,11 +284,10 @@ class Trainer:
         state = self.model.state_dict(keep_vars=True)
         values = list(state.values())
         cached = self._ema_pairs
+        fresh: set[str] = set()
         if cached is None or len(cached[0]) != len(values) or any(a is not b for a, b in zip(cached[0], values, strict=True)):
             fresh = self._refresh_ema_entries(state)
             cached = self._ema_pairs = (values, *self._pair_ema(state))
-            if fresh:  # a new or reshaped entry starts as a copy of the model's, averaged from the next step on
-                cached = (values, *self._pair_ema(state, skip=fresh))
         _, avg, same = cached
         # one call each instead of two ops per tensor: on the CPU the foreach ops run the same per-tensor
         # mul_/add_/copy_ in a C++ loop, so the values are those of the ops one by one
@@ -297,6 +296,8 @@ class Trainer:
             torch._foreach_add_(avg[0], avg[1], alpha=1 - d)
         if same[0]:
             torch._foreach_copy_(same[0], same[1])
+        for k in fresh:  # a new or reshaped entry is a copy of the model's this step, averaged from the next one on
+            self.ema[k].copy_(state[k])
 
     def _refresh_ema_entries(self, state: dict[str, torch.Tensor]) -> set[str]:
         """Clone every model entry the EMA lacks or holds in another shape or dtype; their keys."""
@@ -309,15 +310,12 @@ class Trainer:
                 fresh.add(k)
         return fresh
 
-    def _pair_ema(self, state: dict[str, torch.Tensor],
-                  skip: frozenset[str] | set[str] = frozenset()) -> tuple[tuple[list[torch.Tensor], list[torch.Tensor]], ...]:
+    def _pair_ema(self, state: dict[str, torch.Tensor]) -> tuple[tuple[list[torch.Tensor], list[torch.Tensor]], ...]:
         """(EMA, model) float tensors to average and (EMA, model) integer/bool tensors to copy."""
         assert self.ema is not None
         avg: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         same: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         for k, v in state.items():
-            if k in skip:
-                continue
             pair = avg if v.dtype.is_floating_point else same
             pair[0].append(self.ema[k])
             pair[1].append(v)
