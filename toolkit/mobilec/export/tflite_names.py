@@ -29,8 +29,7 @@ def strip_tensor_names(path: Path) -> int:
     model = schema.ModelT.InitFromPackedBuf(buf, 0)
     dropped = 0
     for sg in model.subgraphs or []:
-        keep = {int(i) for i in (sg.inputs if sg.inputs is not None else [])} | \
-               {int(i) for i in (sg.outputs if sg.outputs is not None else [])}
+        keep = {int(i) for ids in (sg.inputs, sg.outputs) if ids is not None for i in ids}
         for i, tensor in enumerate(sg.tensors or []):
             if i not in keep and tensor.name:
                 tensor.name = None
