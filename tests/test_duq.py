@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -423,6 +424,53 @@ def test_fused_kernels_match_the_eager_quantizer(kind: str) -> None:
             assert y1.stride() == y2.stride() and gx1.stride() == gx2.stride(), "the fused path changed the layout"
     finally:
         enable_fused_kernels(False)
+
+
+def _lane_sum(v: np.ndarray, chunk: int = 1 << 14, lanes: int = 16) -> float:
+    """The fused backward's documented sum order: per chunk, element i into float32 lane i % 16 (the last
+    n % 16 into lane 0), the lanes added in order; the chunks added in double."""
+    total = 0.0
+    for c0 in range(0, len(v), chunk):
+        part = v[c0:c0 + chunk]
+        body = len(part) - len(part) % lanes
+        lane = np.cumsum(part[:body].reshape(-1, lanes), axis=0, dtype=np.float32)[-1] if body else np.zeros(lanes, np.float32)
+        for e in part[body:]:
+            lane[0] = np.float32(lane[0] + e)
+        total += float(np.cumsum(lane, dtype=np.float32)[-1])
+    return total
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signed", [True, False])
+def test_fused_backward_sums_in_the_documented_lane_order(signed: bool) -> None:
+    """The a/c gradient sums of the fused backward follow one fixed order whatever vector width the CPU
+    picks (SSE2, AVX2, AVX-512 builds), so training gives the same bits on every x86 host."""
+    from mobilec.passes.quant import duq
+
+    _enable_fused()
+    try:
+        lib = duq._FUSED["lib"]
+        rng = np.random.default_rng(3)
+        off, lo_a, a, ca = (0.0, -1.0, 1.0, 0.4) if signed else (0.375, 0.0, 1.0, 0.4)
+        for n in (5, 16, 1000, (1 << 14) + 37, 3 * (1 << 14)):
+            x = (rng.standard_normal(n) * 2).astype(np.float32)
+            g = rng.standard_normal(n).astype(np.float32)
+            codes = rng.integers(-7 if signed else 0, 8 if signed else 16, n).astype(np.int8 if signed else np.uint8)
+            grad_x, sum_a, sum_c = lib.duq_backward(torch.from_numpy(g), torch.from_numpy(x), torch.from_numpy(codes),
+                                                    off, lo_a, a, ca, True)
+            xs = x + np.float32(off)
+            gm = g * ((xs > np.float32(lo_a)) & (xs < np.float32(a))).astype(np.float32)
+            assert np.array_equal(grad_x.numpy(), gm * np.float32(ca))
+            assert sum_a == _lane_sum(gm * xs) and sum_c == _lane_sum(g * codes.astype(np.float32)), f"n={n}"
+        # where the order shows: lanes 1 and 2 and the tail (element 16) each hold half an ulp of lane 0's 1.0;
+        # added one by one in lane order they vanish, a tail in lane 1 or a tree-shaped lane sum keeps 2^-23
+        g = np.zeros(17, np.float32)
+        g[[0, 1, 2, 16]] = [1.0, 2.0**-24, 2.0**-24, 2.0**-24]
+        ones = np.ones(17, np.int8 if signed else np.uint8)
+        _, _, sum_c = lib.duq_backward(torch.from_numpy(g), torch.zeros(17), torch.from_numpy(ones), off, lo_a, a, ca, False)
+        assert sum_c == _lane_sum(g) == 1.0
+    finally:
+        duq.enable_fused_kernels(False)
 
 
 @pytest.mark.slow

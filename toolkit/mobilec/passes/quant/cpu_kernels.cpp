@@ -6,7 +6,11 @@
 // |v| < 2^22; every value is clamped into that range first), which vectorizes without SSE4.1 and
 // equals std::nearbyint / torch.round in the default rounding mode. No -ffast-math: the float
 // arithmetic is the same, in the same order, as the eager path's (-fno-trapping-math only lets the
-// compiler turn the clamps into vector selects; the per-chunk sums are reassociated by omp simd).
+// compiler turn the clamps into vector selects; -ffp-contract=off keeps a*b+c two roundings, no FMA).
+//
+// The loops are built for several x86 vector widths and picked at load time for the CPU (GCC function
+// multiversioning: SSE2, AVX2, AVX-512). Each element is computed alone, by the same float operations,
+// and the DuQ backward's sums run over 16 fixed lanes (below), so every CPU gets the same bits.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -17,6 +21,12 @@
 #include <vector>
 
 namespace {
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(MOBILEC_ONE_TARGET)  // -D...: one build (to compare)
+#define MOBILEC_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define MOBILEC_CLONES
+#endif
 
 constexpr int64_t kChunk = 1 << 14;  // elements per task; also the reduction chunk (deterministic sums)
 constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
@@ -59,7 +69,7 @@ void for_chunks(int64_t n, const F& body) {
 
 // t = round(clamp((x + off) * scale, lo, hi)); out = t * step - off; codes = t (int8 or uint8)
 template <typename code_t>
-void duq_forward_chunk(const float* __restrict x, float* __restrict out, code_t* __restrict codes, int64_t n,
+MOBILEC_CLONES void duq_forward_chunk(const float* __restrict x, float* __restrict out, code_t* __restrict codes, int64_t n,
                        float scale, float lo, float hi, float step, float off) {
   for (int64_t i = 0; i < n; ++i) {
     const float t = round_half_even(clampf((x[i] + off) * scale, lo, hi));
@@ -92,29 +102,57 @@ std::vector<at::Tensor> duq_forward(const at::Tensor& x, double scale, double lo
   return {out, codes};
 }
 
+// The per-chunk sums of the backward: element i of a chunk adds to lane i % 16 (the last n % 16 to lane 0),
+// then the lanes are added in order. That is the order the earlier SSE2 build's `omp simd reduction`
+// gave, and with the lanes as two 8-float vectors (GCC/Clang vector extension: four SSE2 registers,
+// two AVX ones) every vector width computes the same sums.
+constexpr int64_t kLanes = 16;
+constexpr int64_t kBlock = 1024;  // elements per pass of the elementwise loop (its products stay in L1)
+typedef float lanes8 __attribute__((vector_size(8 * sizeof(float))));
+
+__attribute__((always_inline)) inline lanes8 load8(const float* p) {
+  lanes8 v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+
 // inside = lo_a < x + off < a; grad_x = g * inside * ca; sums of g * inside * (x + off) and of g * codes
-// (per chunk in float, vectorized by omp simd; the chunks are summed in double, in order: deterministic)
-template <typename code_t>
-void duq_backward_chunk(const float* __restrict g, const float* __restrict x, const code_t* __restrict codes,
-                        float* __restrict grad_x, int64_t n, float off, float lo_a, float a, float ca, double* sum_a,
-                        double* sum_c) {
+// (per chunk in float over the 16 lanes; the chunks are summed in double, in order: deterministic)
+template <bool kGradX, typename code_t>
+MOBILEC_CLONES void duq_backward_chunk(const float* __restrict g, const float* __restrict x, const code_t* __restrict codes,
+                                       float* __restrict grad_x, int64_t n, float off, float lo_a, float a, float ca,
+                                       double* sum_a, double* sum_c) {
+  lanes8 a_lo = {}, a_hi = {}, c_lo = {}, c_hi = {};  // lanes 0-7 and 8-15
+  float prod_a[kBlock], prod_c[kBlock];
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t m = std::min(kBlock, n - b);
+    for (int64_t k = 0; k < m; ++k) {  // elementwise: vectorizes at any width
+      const float xs = x[b + k] + off;
+      const float gm = g[b + k] * static_cast<float>((xs > lo_a) & (xs < a));  // g * mask, as the eager path
+      if constexpr (kGradX) grad_x[b + k] = gm * ca;
+      prod_a[k] = gm * xs;
+      prod_c[k] = g[b + k] * static_cast<float>(codes[b + k]);
+    }
+    const int64_t body = m - m % kLanes;
+    for (int64_t k = 0; k < body; k += kLanes) {
+      a_lo += load8(prod_a + k);
+      a_hi += load8(prod_a + k + 8);
+      c_lo += load8(prod_c + k);
+      c_hi += load8(prod_c + k + 8);
+    }
+    for (int64_t k = body; k < m; ++k) {  // the chunk's last n % 16 elements (only in its last block)
+      a_lo[0] += prod_a[k];
+      c_lo[0] += prod_c[k];
+    }
+  }
   float acc_a = 0.0f, acc_c = 0.0f;
-  if (grad_x != nullptr) {
-#pragma omp simd reduction(+ : acc_a, acc_c)
-    for (int64_t i = 0; i < n; ++i) {
-      const float xs = x[i] + off;
-      const float gm = g[i] * static_cast<float>((xs > lo_a) & (xs < a));  // g * mask, as the eager path
-      grad_x[i] = gm * ca;
-      acc_a += gm * xs;
-      acc_c += g[i] * static_cast<float>(codes[i]);
-    }
-  } else {
-#pragma omp simd reduction(+ : acc_a, acc_c)
-    for (int64_t i = 0; i < n; ++i) {
-      const float xs = x[i] + off;
-      acc_a += g[i] * static_cast<float>((xs > lo_a) & (xs < a)) * xs;
-      acc_c += g[i] * static_cast<float>(codes[i]);
-    }
+  for (int j = 0; j < 8; ++j) {
+    acc_a += a_lo[j];
+    acc_c += c_lo[j];
+  }
+  for (int j = 0; j < 8; ++j) {
+    acc_a += a_hi[j];
+    acc_c += c_hi[j];
   }
   *sum_a = acc_a;
   *sum_c = acc_c;
@@ -127,7 +165,11 @@ std::vector<double> duq_backward_impl(const float* g, const float* x, const code
   std::vector<double> part_a(chunks, 0.0), part_c(chunks, 0.0);
   double *pa = part_a.data(), *pc = part_c.data();
   for_chunks(n, [=](int64_t c, int64_t b, int64_t e) {
-    duq_backward_chunk(g + b, x + b, codes + b, grad_x == nullptr ? nullptr : grad_x + b, e - b, off, lo_a, a, ca, pa + c, pc + c);
+    if (grad_x == nullptr) {
+      duq_backward_chunk<false>(g + b, x + b, codes + b, nullptr, e - b, off, lo_a, a, ca, pa + c, pc + c);
+    } else {
+      duq_backward_chunk<true>(g + b, x + b, codes + b, grad_x + b, e - b, off, lo_a, a, ca, pa + c, pc + c);
+    }
   });
   double sum_a = 0.0, sum_c = 0.0;
   for (int64_t c = 0; c < chunks; ++c) {
@@ -160,12 +202,12 @@ inline float int8_level(float x, float inv_scale, float zp) {
   return zp + round_half_even(clampf(x * inv_scale, -kLimit, kLimit));
 }
 
-void int8_fq_forward_chunk(const float* __restrict x, float* __restrict out, int64_t n, float sc, float inv, float zp) {
+MOBILEC_CLONES void int8_fq_forward_chunk(const float* __restrict x, float* __restrict out, int64_t n, float sc, float inv, float zp) {
   for (int64_t i = 0; i < n; ++i) out[i] = (clampf(int8_level(x[i], inv, zp), -128.0f, 127.0f) - zp) * sc;
 }
 
 // the straight-through gradient: g where the level lies in [-128, 127], 0 elsewhere
-void int8_fq_backward_chunk(const float* __restrict g, const float* __restrict x, float* __restrict grad, int64_t n,
+MOBILEC_CLONES void int8_fq_backward_chunk(const float* __restrict g, const float* __restrict x, float* __restrict grad, int64_t n,
                             float inv, float zp) {
   for (int64_t i = 0; i < n; ++i) {
     const float q = int8_level(x[i], inv, zp);

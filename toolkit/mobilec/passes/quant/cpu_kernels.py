@@ -16,8 +16,9 @@ import torch
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
 _MODULE: dict[str, ModuleType | None] = {"lib": None}
 #: -fopenmp: at::parallel_for runs on torch's OpenMP threads; -fno-trapping-math lets the clamps
-#: become vector selects (no -ffast-math: the arithmetic stays the eager path's)
-CFLAGS = ["-O3", "-fopenmp", "-fno-trapping-math"]
+#: become vector selects; -ffp-contract=off: no FMA in the AVX2/AVX-512 builds of the loops (no
+#: -ffast-math: the arithmetic stays the eager path's)
+CFLAGS = ["-O3", "-fopenmp", "-fno-trapping-math", "-ffp-contract=off"]
 
 
 def extension_name() -> str:
