@@ -135,6 +135,13 @@ def test_cli_and_module_entry_points(tmp_path: Path) -> None:
     assert main([str(tmp_path / "rows.json")]) == 2
 
 
+def test_module_entry_error_stays_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file name with a carriage return or newline does not split the module entry's error line."""
+    assert main([str(tmp_path / "no\rpe\n.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "no\\rpe\\n.json" in err, err
+
+
 def test_check_tells_a_stale_page_from_a_current_one(tmp_path: Path) -> None:
     path = _write(tmp_path, ROWS)
     with pytest.raises(MobilecError, match="has no rendered block"):

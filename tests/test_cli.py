@@ -87,7 +87,7 @@ def test_python_api_names_stay_callable_after_subpackage_imports() -> None:
 
 
 def test_an_error_naming_input_with_control_characters_stays_one_line() -> None:
-    from mobilec.cli import one_line
+    from mobilec.errors import one_line
 
     assert one_line("device 0\r0 is not attached\n") == "device 0\\r0 is not attached\\n"
     assert one_line("3×3 conv") == "3×3 conv"  # only control characters are escaped

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mobilec.compare import plot_tradeoff
-from mobilec.errors import MobilecError
+from mobilec.errors import MobilecError, one_line
 from mobilec.io import write_text_atomic
 
 BEGIN = "<!-- mobilec-bench-render:begin (generated from the JSON; edits here are overwritten) -->"
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
                                       check=args.check):
                 print(f)
     except MobilecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     return 0
 

@@ -14,19 +14,10 @@ from typing import Any
 
 import click
 
-from mobilec.errors import MobilecError
+from mobilec.errors import MobilecError, one_line
 
 EXIT_USER_ERROR = 2
 EXIT_VERIFY_FAILED = 3
-
-
-#: control characters written as escapes, so that an error naming user input (a device serial with a
-#: carriage return, a path with a newline) stays one line
-_ESCAPES = {c: repr(chr(c))[1:-1] for c in [*range(0x20), 0x7F]}
-
-
-def one_line(text: object) -> str:
-    return str(text).translate(_ESCAPES)
 
 
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+#: control characters written as escapes, so that an error naming user input (a device serial with a
+#: carriage return, a path with a newline) stays one line
+_ESCAPES = {c: repr(chr(c))[1:-1] for c in [*range(0x20), 0x7F]}
+
+
+def one_line(text: object) -> str:
+    """``str(text)`` with its control characters escaped (``\\r``, ``\\n``, ...): one terminal line."""
+    return str(text).translate(_ESCAPES)
+
 
 class MobilecError(Exception):
     """A user-facing error. ``str(err)`` is one line: what is wrong, then how to fix it.

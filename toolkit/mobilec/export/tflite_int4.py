@@ -50,8 +50,9 @@ def pack_int4_weights(src: Path, dst: Path, ops: tuple[str, ...] = PACKABLE_OPS)
 
     Returns how many filters were packed per op (``dst`` is written either way).
     """
-    import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
+
+    from mobilec.export.tflite_names import pack_tflite
 
     wanted = {getattr(schema.BuiltinOperator, name): name for name in ops}
     buf = Path(src).read_bytes()
@@ -75,9 +76,7 @@ def pack_int4_weights(src: Path, dst: Path, ops: tuple[str, ...] = PACKABLE_OPS)
             tensor.type = schema.TensorType.INT4
             done.add(tensor.buffer)
             packed[name] += 1
-    builder = flatbuffers.Builder(len(buf))
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    Path(dst).write_bytes(builder.Output())
+    Path(dst).write_bytes(pack_tflite(model, len(buf)))
     return {k: v for k, v in packed.items() if v}
 
 

@@ -14,14 +14,23 @@ table's module hints), then strip.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from mobilec.io import atomic_path
+
+
+def pack_tflite(model: Any, size_hint: int) -> bytes:
+    """Serialize an unpacked ``schema.ModelT`` back into .tflite bytes (the "TFL3" file identifier)."""
+    import flatbuffers
+
+    builder = flatbuffers.Builder(size_hint)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
 
 
 def strip_tensor_names(path: Path) -> int:
     """Rewrite ``path`` (atomically) without the names of tensors other than the subgraphs' inputs and
     outputs; returns the bytes saved (0: nothing to drop, the file is left as it is)."""
-    import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
     path = Path(path)
@@ -36,9 +45,7 @@ def strip_tensor_names(path: Path) -> int:
                 dropped += 1
     if not dropped:
         return 0
-    builder = flatbuffers.Builder(len(buf))
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    out = bytes(builder.Output())
+    out = pack_tflite(model, len(buf))
     with atomic_path(path) as tmp:
         tmp.write_bytes(out)
     return len(buf) - len(out)
