@@ -90,6 +90,15 @@ def test_export_both_runtimes_identical_topk_on_every_test_user(tmp_path: Path) 
         assert Path(art["path"]).stat().st_size == art["size_bytes"]
     et = {row["name"]: row for row in by_target["executorch"]["layers"]}
     assert et["item_index"]["stored"] == "int8" and et["item_weight"]["stored"] == "fp16"
+    # the .tflite was verified after its internal tensor names were dropped; the stored dtypes were read before
+    lite = by_target["tflite"]
+    assert any("internal tensor names dropped" in n for n in lite["notes"])
+    assert {row["name"]: row["stored"] for row in lite["layers"]}["codebook"] != "not found (merged into another constant)"
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=lite["path"])
+    io_ids = {d["index"] for d in interp.get_input_details() + interp.get_output_details()}
+    assert all(not d["name"] for d in interp.get_tensor_details() if d["index"] not in io_ids)
     assert by_target["executorch"]["delegation"]["delegated"] >= 1  # the codebook matmul runs in XNNPACK
     # the full-table shortcut exports too
     table = export_recommender(build_lightgcn(data, dim=8, layers=1), data, tmp_path / "table", ("executorch",), k=5)

@@ -338,6 +338,7 @@ def export_tflite(module: nn.Module, out_path: Path) -> Any:
     import litert_torch
 
     from mobilec.export.base import Artifact
+    from mobilec.export.tflite_names import names_note, strip_tensor_names
     from mobilec.io import atomic_path
 
     try:
@@ -347,8 +348,12 @@ def export_tflite(module: nn.Module, out_path: Path) -> Any:
                 edge_model.export(str(tmp))
     except Exception as exc:
         raise ExportError(f"LiteRT export of the scoring module failed: {type(exc).__name__}: {str(exc)[:200]}") from None
-    art = Artifact(target="tflite", path=out_path, size_bytes=os.path.getsize(out_path), layers=_tflite_layer_bits(module, out_path))
+    layers = _tflite_layer_bits(module, out_path)  # reads the file before its tensor names go
+    saved = strip_tensor_names(out_path)
+    art = Artifact(target="tflite", path=out_path, size_bytes=os.path.getsize(out_path), layers=layers)
     art.notes.append("the LiteRT converter folds constant casts: int16 indices / fp16 weights are stored widened (see layers)")
+    if saved:
+        art.notes.append(names_note(saved))
     return art
 
 
