@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--from-run", type=Path, action="append", default=[], metavar="DIR",
                    help="add the rows of an existing `mobilec export` output folder (repeatable); runs nothing else")
+    p.add_argument("--resume", action="store_true",
+                   help="re-export rows from the pass checkpoints of earlier runs in --workdir (training skipped; the "
+                        "report keeps the checkpointed training record and notes the resume)")
     p.add_argument("--step-time", action="store_true", help="measure DuQ QAT vs fp32 training step time per model")
     p.add_argument("--step-batches", type=int, default=10, help="timed steps per variant and round (after 5 warm-up steps)")
     p.add_argument("--step-rounds", type=int, default=4, help="rounds in which the step-time variants take turns")
@@ -88,6 +91,7 @@ def rows_from_report(rep: dict[str, Any], *, model: str, recipe: str, command: s
     qat = next((p for p in passes if p["name"] in ("duq", "profit")), None)
     summ = qat["summary"] if qat else {}
     acc = rep.get("accuracy", {})
+    resumed = next((n for n in rep.get("notes", []) if n.startswith("resumed after pass")), None)
     rows = []
     for art in rep.get("artifacts", []):
         v = art.get("verification") or {}
@@ -114,6 +118,7 @@ def rows_from_report(rep: dict[str, Any], *, model: str, recipe: str, command: s
             "seed": seed, "machine": machine, "command": command,
             "cli_equivalent": f"mobilec export --recipe {recipe} --model {model} --target {art['target']}"
                               + (f" --seed {seed}" if seed else ""),
+            **({"exported_from_checkpoint": resumed} if resumed else {}),
         })
     for fail in rep.get("failures", []):
         if not any(r["target"] == fail["target"] for r in rows):
@@ -130,7 +135,7 @@ def run_row(model: str, recipe: str, targets: list[str], args: argparse.Namespac
     weights = args.weights_dir / f"{model}_{args.data.replace('-', '_')}.pt" if args.weights_dir else None
     t0 = time.perf_counter()
     res = api.export(recipe, model=model, weights=weights, data=args.data, targets=targets, out=out, force=True,
-                     seed=args.seed, show_progress=False, profile=False, command=command)
+                     resume=args.resume, seed=args.seed, show_progress=False, profile=False, command=command)
     rows = rows_from_report(res.report.to_dict(), model=model, recipe=res.report.recipe, command=command, machine=machine,
                             seed=args.seed)
     for r in rows:
@@ -410,6 +415,10 @@ def main(argv: list[str] | None = None) -> int:
 def _save(result: dict[str, Any], new_rows: list[dict[str, Any]], desc: str, args: argparse.Namespace, write_json: Any,
           write_text: Any) -> None:
     keys = {row_key(r) for r in new_rows}
+    old = {row_key(r): r for r in result["rows"]}
+    for r in new_rows:  # a re-export from a pass checkpoint keeps the command that trained it
+        if r.get("exported_from_checkpoint") and row_key(r) in old:
+            r["train_command"] = old[row_key(r)].get("train_command") or old[row_key(r)].get("command")
     result["rows"] = [r for r in result["rows"] if row_key(r) not in keys] + new_rows
     result["machine"] = {"description": desc}
     result["goals"] = check_goals(result["rows"], result["step_time"])

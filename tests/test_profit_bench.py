@@ -101,6 +101,25 @@ def test_rows_merge_by_model_recipe_target(tmp_path: Path) -> None:
     render_file(out, command=f"mobilec compare --bench {out}", check=True)
 
 
+def test_a_row_re_exported_from_its_checkpoint_says_so_and_keeps_the_training_command(tmp_path: Path) -> None:
+    b = _bench()
+    out = tmp_path / "profit.json"
+    args = b.parse_args(["--out", str(out)])
+    result: dict[str, Any] = {"rows": [], "step_time": {}}
+    from mobilec.io import write_json_atomic, write_text_atomic
+
+    trained = b.rows_from_report(_report("profit4bit", 0.90), model="m", recipe="profit4bit", command="train", machine="h")
+    b._save(result, trained, "h", args, write_json_atomic, write_text_atomic)
+    assert "exported_from_checkpoint" not in trained[0]
+    rep = {**_report("profit4bit", 0.90), "notes": ["resumed after pass 1 (profit) from its checkpoint"]}
+    again = b.rows_from_report(rep, model="m", recipe="profit4bit", command="resume", machine="h")
+    b._save(result, again, "h", args, write_json_atomic, write_text_atomic)
+    row = next(r for r in json.loads(out.read_text())["rows"] if r["target"] == "executorch")
+    assert row["exported_from_checkpoint"].startswith("resumed after pass 1")
+    assert (row["command"], row["train_command"]) == ("resume", "train")
+    assert b.parse_args(["--resume"]).resume
+
+
 def test_seeds_are_kept_apart_and_goals_use_their_mean() -> None:
     b = _bench()
     rows = []

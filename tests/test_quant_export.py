@@ -8,7 +8,7 @@ import torch
 from test_duq import quantized_tiny
 
 from mobilec.errors import MobilecError
-from mobilec.passes.quant.lowering import build_deploy_module, lower_duq
+from mobilec.passes.quant.lowering import DeployPointwise, build_deploy_module, is_pointwise, lower_duq
 from mobilec.passes.quant.qmodules import QLinear, fold_batchnorm
 
 
@@ -30,24 +30,31 @@ def assert_runs_the_eager_integers(path, qm: torch.nn.Module, x: torch.Tensor) -
     assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
-def expected_containers(qm: torch.nn.Module, by: dict) -> dict[str, str]:
+def expected_containers(qm: torch.nn.Module, by: dict, target: str) -> dict[str, str]:
     """The smallest container each runtime executes with the eager model's integers: int4 for <= 4-bit
-    linear weights, int8 for every conv (neither XNNPACK nor LiteRT runs int4 conv filters exactly)."""
+    linear weights (and, on LiteRT, <= 4-bit 1x1 stride-1 convs, which it runs as FULLY_CONNECTED), int8
+    for every other conv (neither XNNPACK nor LiteRT runs int4 conv filters exactly)."""
     modules = dict(qm.named_modules())
-    return {name: "int4" if isinstance(modules[name], QLinear) and layer.info_bits <= 4 else "int8"
-            for name, layer in by.items()}
+
+    def int4(module: torch.nn.Module) -> bool:
+        return isinstance(module, QLinear) or (target == "tflite" and is_pointwise(module))
+
+    return {name: "int4" if int4(modules[name]) and layer.info_bits <= 4 else "int8" for name, layer in by.items()}
 
 
 @pytest.mark.parametrize(("bits", "per_channel"), [(4, False), (3, True), (2, False), (8, False)])
 def test_deploy_graph_equals_the_eager_model(bits: int, per_channel: bool) -> None:
     qm = fold_batchnorm(quantized_tiny(bits, per_channel=per_channel))
     x = digits_like()
-    for fold in (True, False):
-        deploy, infos = build_deploy_module(qm, fold_weights=fold)
+    for fold, pointwise in ((True, False), (False, False), (False, True)):
+        deploy, infos = build_deploy_module(qm, fold_weights=fold, pointwise_as_linear=pointwise)
         with torch.no_grad():
             ref, out = qm(x), deploy(x)
         assert torch.equal(ref.argmax(1), out.argmax(1))
         assert float((ref - out).abs().max()) <= 1e-5 * float(ref.abs().max())
+        as_linear = {n for n, m in deploy.named_modules() if isinstance(m, DeployPointwise)}
+        # the 1x1 stride-1 convs with <= 4-bit weights: pw, expand, project and the squeeze-excite pair
+        assert as_linear == ({"pw.0", "expand.0", "se1", "se2", "project.0"} if pointwise and bits <= 4 else set())
     assert {i.name for i in infos} >= {"stem.0", "dw2.0.conv", "head"}
     body = [i for i in infos if i.name not in ("stem.0", "head")]
     assert all(i.weight_bits == bits and i.act_bits == bits for i in body)
@@ -73,10 +80,12 @@ def test_artifact_runs_the_same_integers(target: str, tmp_path) -> None:
     names = {layer.name for layer in art.layers}
     assert names == {"stem.0", "dw.0", "pw.0", "expand.0", "dw2.0.conv", "se1", "se2", "project.0", "head"}
     by = {layer.name: layer for layer in art.layers}
-    assert {name: layer.stored for name, layer in by.items()} == expected_containers(qm, by)
+    assert {name: layer.stored for name, layer in by.items()} == expected_containers(qm, by, target)
     assert all(layer.executed == "int8" for layer in art.layers)
     assert by["dw.0"].info_bits == 4 and by["stem.0"].info_bits == 8
-    assert by["pw.0"].packed_bytes < by["pw.0"].stored_bytes
+    assert by["dw.0"].packed_bytes < by["dw.0"].stored_bytes  # int8 codes of 4-bit information
+    # LiteRT stores the 4-bit 1x1 conv packed (int4 is its physical limit at 4 bits); XNNPACK as int8 codes
+    assert (by["pw.0"].packed_bytes == by["pw.0"].stored_bytes) == (target == "tflite")
     assert not [n for n in art.notes if n.startswith("layer table")]
     if target == "executorch":  # every conv/linear and every quantize/dequantize runs inside XNNPACK
         left = set(art.delegation["not_delegated"])
@@ -96,7 +105,7 @@ def test_low_bit_linear_is_stored_as_int4(bits: int, target: str, tmp_path) -> N
     assert (head.stored, head.executed, head.info_bits) == ("int4", "int8", bits)
     # 16 inputs: exactly half a byte a weight, nothing padded; 3-bit codes would pack tighter still
     assert head.stored_bytes - head.packed_bytes == head.params // 2 - -(-head.params * bits // 8)
-    containers = expected_containers(qm, by)
+    containers = expected_containers(qm, by, target)
     assert {name: layer.stored for name, layer in by.items()} == containers
     assert not [n for n in art.notes if n.startswith("layer table")]
     n4 = sum(c == "int4" for c in containers.values())
@@ -108,7 +117,7 @@ def test_low_bit_linear_is_stored_as_int4(bits: int, target: str, tmp_path) -> N
         _lower_executorch(deploy, x[:1], tmp_path / "m8.pte")
         assert (tmp_path / "m8.pte").stat().st_size - art.size_bytes >= head.params // 2
     else:
-        assert any("INT4 weights: 1 FULLY_CONNECTED filter(s) with codes in [-8, 7] stored as INT4" in n for n in art.notes)
+        assert any(f"INT4 weights: {n4} FULLY_CONNECTED filter(s) with codes in [-8, 7] stored as INT4" in n for n in art.notes)
     assert_runs_the_eager_integers(path, qm, x)
 
 

@@ -151,6 +151,29 @@ class DeployLinear(_DeployLayer):
         return self._output(F.linear(self._input(x), self._weight(), self.bias))
 
 
+class DeployPointwise(_DeployLayer):
+    """A 1×1, stride-1 conv written as a linear over the channels of the (N·H·W, C) map: the same integers.
+
+    LiteRT runs it as FULLY_CONNECTED, whose INT4 weights it executes exactly (its INT4 conv filters do
+    not compute the same integers), and litert-torch's NHWC layout absorbs the permutes.
+    """
+
+    def __init__(self, *, codes: torch.Tensor, **kw: Any) -> None:
+        super().__init__(codes=codes.reshape(codes.shape[0], -1), **kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)
+        y = self._output(F.linear(self._input(rows), self._weight(), self.bias))
+        return y.reshape(n, h, w, -1).permute(0, 3, 1, 2)
+
+
+def is_pointwise(layer: QConv2d | QLinear) -> bool:
+    """A conv that is a per-pixel linear map: 1×1 kernel, stride 1, no padding or dilation, one group."""
+    return (isinstance(layer, QConv2d) and tuple(layer.kernel_size) == (1, 1) and tuple(layer.stride) == (1, 1)
+            and tuple(layer.padding) == (0, 0) and tuple(layer.dilation) == (1, 1) and layer.groups == 1)
+
+
 @dataclass
 class DeployLayerInfo:
     name: str
@@ -173,8 +196,8 @@ def _check_ready(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def build_deploy_module(model: fx.GraphModule, *, fold_weights: bool = True,
-                        int4_linear: bool = False) -> tuple[fx.GraphModule, list[DeployLayerInfo]]:
+def build_deploy_module(model: fx.GraphModule, *, fold_weights: bool = True, int4_linear: bool = False,
+                        pointwise_as_linear: bool = False) -> tuple[fx.GraphModule, list[DeployLayerInfo]]:
     """The integer form of a folded DuQ model: explicit int8 quantize/dequantize around fp32 convs.
 
     Run eagerly it computes what the runtime computes; ``torch.export`` of it lowers to int8
@@ -182,6 +205,8 @@ def build_deploy_module(model: fx.GraphModule, *, fold_weights: bool = True,
     with a quantize op (litert-torch). ``int4_linear`` gives linear layers with <= 4-bit weights the
     int4 code range, which XNNPACK stores packed and runs as its int8-activation x int4-weight GEMM
     (the same numbers: the codes are the same integers). XNNPACK has no such convolution.
+    ``pointwise_as_linear`` writes 1×1 stride-1 convs with <= 4-bit weights as linear layers over the
+    map's pixels (:class:`DeployPointwise`), so that LiteRT can store and run their weights as INT4.
     """
     _check_ready(model)
     plan = duq_plan(model)
@@ -231,7 +256,13 @@ def build_deploy_module(model: fx.GraphModule, *, fold_weights: bool = True,
         int4 = int4_linear and isinstance(layer, QLinear) and layer.weight_q.bits <= 4
         kw = dict(in_q=None if name in on_grid else in_grid, out_q=out, clamp=clamp, codes=codes,
                   scales=scales, bias=bias, fold_weights=fold_weights, w_range=INT4_WEIGHTS if int4 else INT8_WEIGHTS)
-        deploy: _DeployLayer = DeployConv2d(layer, **kw) if isinstance(layer, QConv2d) else DeployLinear(**kw)
+        deploy: _DeployLayer
+        if pointwise_as_linear and is_pointwise(layer) and layer.weight_q.bits <= 4:
+            deploy = DeployPointwise(**kw)
+        elif isinstance(layer, QConv2d):
+            deploy = DeployConv2d(layer, **kw)
+        else:
+            deploy = DeployLinear(**kw)
         parent, _, child = name.rpartition(".")
         setattr(dm.get_submodule(parent) if parent else dm, child, deploy)
         # the folded BN (Identity), the fused activation and the int8 fake-quant are inside the layer now
@@ -285,7 +316,9 @@ def lower_duq(model: nn.Module, target: str, example_inputs: tuple[torch.Tensor,
     model.eval()
     try:
         on_et = target == "executorch"
-        deploy, infos = build_deploy_module(fx_model, fold_weights=on_et, int4_linear=on_et)
+        # ExecuTorch keeps 1×1 convs as convs: written as linear layers, XNNPACK adds two transposes around each
+        # (v2 W4A4: 42 % smaller, but 2.7x the latency; docs/profit.md "Containers")
+        deploy, infos = build_deploy_module(fx_model, fold_weights=on_et, int4_linear=on_et, pointwise_as_linear=not on_et)
         lower = _lower_executorch if target == "executorch" else _lower_tflite
         art = lower(deploy, example, out_path)
     finally:
@@ -386,7 +419,8 @@ def _lower_tflite(deploy: nn.Module, example: torch.Tensor, out_path: Path) -> d
     if n_int4:
         counts = ", ".join(f"{n} {op}" for op, n in n_int4.items())
         notes.append(f"INT4 weights: {counts} filter(s) with codes in [-8, 7] stored as INT4 (the same integer codes, "
-                     "executed with int8 activations); convolution filters stay INT8 (INT4 conv filters "
+                     "executed with int8 activations; 1x1 stride-1 convs with <= 4-bit weights run as FULLY_CONNECTED "
+                     "over the map's pixels for this); other convolution filters stay INT8 (INT4 conv filters "
                      "ran but did not compute the same integers: mobilec/export/tflite_int4.py)")
     delegation = {"backend": "LiteRT builtin kernels (XNNPACK delegate at run time)", "ops": ops}
     return {"records": records, "delegation": delegation, "notes": notes}
