@@ -30,16 +30,24 @@ def assert_runs_the_eager_integers(path, qm: torch.nn.Module, x: torch.Tensor) -
     assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
-def expected_containers(qm: torch.nn.Module, by: dict, target: str) -> dict[str, str]:
+def expected_containers(qm: torch.nn.Module, by: dict, pointwise_fc: bool = False) -> dict[str, str]:
     """The smallest container each runtime executes with the eager model's integers: int4 for <= 4-bit
-    linear weights (and, on LiteRT, <= 4-bit 1x1 stride-1 convs, which it runs as FULLY_CONNECTED), int8
-    for every other conv (neither XNNPACK nor LiteRT runs int4 conv filters exactly)."""
+    linear weights (and <= 4-bit 1x1 stride-1 convs where LiteRT runs them as FULLY_CONNECTED:
+    ``pointwise_fc``), int8 for every other conv (neither XNNPACK nor LiteRT runs int4 conv filters exactly)."""
     modules = dict(qm.named_modules())
 
     def int4(module: torch.nn.Module) -> bool:
-        return isinstance(module, QLinear) or (target == "tflite" and is_pointwise(module))
+        return isinstance(module, QLinear) or (pointwise_fc and is_pointwise(module))
 
     return {name: "int4" if int4(modules[name]) and layer.info_bits <= 4 else "int8" for name, layer in by.items()}
+
+
+def chose_fully_connected(art) -> bool:
+    """Whether the LiteRT lowering kept its 1x1 convs as FULLY_CONNECTED (its note says which form and why)."""
+    fc = any("run as FULLY_CONNECTED over the map's pixels" in n for n in art.notes)
+    kept = any(n.startswith("1x1 convs kept as CONV_2D") for n in art.notes)
+    assert fc != kept or art.target == "executorch"
+    return fc
 
 
 @pytest.mark.parametrize(("bits", "per_channel"), [(4, False), (3, True), (2, False), (8, False)])
@@ -80,12 +88,12 @@ def test_artifact_runs_the_same_integers(target: str, tmp_path) -> None:
     names = {layer.name for layer in art.layers}
     assert names == {"stem.0", "dw.0", "pw.0", "expand.0", "dw2.0.conv", "se1", "se2", "project.0", "head"}
     by = {layer.name: layer for layer in art.layers}
-    assert {name: layer.stored for name, layer in by.items()} == expected_containers(qm, by, target)
+    assert {name: layer.stored for name, layer in by.items()} == expected_containers(qm, by, chose_fully_connected(art))
     assert all(layer.executed == "int8" for layer in art.layers)
     assert by["dw.0"].info_bits == 4 and by["stem.0"].info_bits == 8
     assert by["dw.0"].packed_bytes < by["dw.0"].stored_bytes  # int8 codes of 4-bit information
-    # LiteRT stores the 4-bit 1x1 conv packed (int4 is its physical limit at 4 bits); XNNPACK as int8 codes
-    assert (by["pw.0"].packed_bytes == by["pw.0"].stored_bytes) == (target == "tflite")
+    # as FULLY_CONNECTED, LiteRT stores the 4-bit 1x1 conv packed (int4 is its physical limit at 4 bits)
+    assert (by["pw.0"].packed_bytes == by["pw.0"].stored_bytes) == chose_fully_connected(art)
     assert not [n for n in art.notes if n.startswith("layer table")]
     if target == "executorch":  # every conv/linear and every quantize/dequantize runs inside XNNPACK
         left = set(art.delegation["not_delegated"])
@@ -105,7 +113,7 @@ def test_low_bit_linear_is_stored_as_int4(bits: int, target: str, tmp_path) -> N
     assert (head.stored, head.executed, head.info_bits) == ("int4", "int8", bits)
     # 16 inputs: exactly half a byte a weight, nothing padded; 3-bit codes would pack tighter still
     assert head.stored_bytes - head.packed_bytes == head.params // 2 - -(-head.params * bits // 8)
-    containers = expected_containers(qm, by, target)
+    containers = expected_containers(qm, by, chose_fully_connected(art))
     assert {name: layer.stored for name, layer in by.items()} == containers
     assert not [n for n in art.notes if n.startswith("layer table")]
     n4 = sum(c == "int4" for c in containers.values())
@@ -119,6 +127,30 @@ def test_low_bit_linear_is_stored_as_int4(bits: int, target: str, tmp_path) -> N
     else:
         assert any(f"INT4 weights: {n4} FULLY_CONNECTED filter(s) with codes in [-8, 7] stored as INT4" in n for n in art.notes)
     assert_runs_the_eager_integers(path, qm, x)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bits", [4, 3])
+def test_litert_runs_1x1_convs_as_int4_fully_connected_with_the_eager_integers(bits: int, tmp_path) -> None:
+    """The FULLY_CONNECTED form of the <= 4-bit 1x1 convs (what lower_duq keeps for LiteRT when it is smaller
+    and adds no transposes: mobilenet_v2) stores them as INT4 and computes the eager integers."""
+    from mobilec.export.layers import tflite_records
+    from mobilec.passes.quant.lowering import _lower_tflite, _tflite_ops
+
+    qm = fold_batchnorm(quantized_tiny(bits))
+    x = digits_like()
+    deploy, _ = build_deploy_module(qm, fold_weights=False, pointwise_as_linear=True)
+    path = tmp_path / "fc.tflite"
+    art = _lower_tflite(deploy, x[:1], path)
+    assert_runs_the_eager_integers(path, qm, x)
+    assert _tflite_ops(path).get("FULLY_CONNECTED", 0) == 6  # the five 1x1 convs and the head
+    assert sorted(r.stored for r in tflite_records(path)).count("int4") == 5  # pw, expand, se1, se2, project
+    assert any("INT4 weights: 5 FULLY_CONNECTED" in n for n in art["notes"])
+    # lower_duq converts both forms and says which it kept, with both sizes and the TRANSPOSE ops it added
+    chosen = lower_duq(qm, "tflite", (x[:1],), tmp_path / "m.tflite")
+    note = next(n for n in chosen.notes if "TRANSPOSE" in n and "1x1" in n)
+    assert "B against" in note and "B as CONV_2D" in note
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fc.tflite", "m.tflite"]  # no .part files left
 
 
 def test_onnx_is_refused_with_a_fix(tmp_path) -> None:

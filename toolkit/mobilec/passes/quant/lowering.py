@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -197,7 +198,8 @@ def _check_ready(model: nn.Module) -> None:
 
 @torch.no_grad()
 def build_deploy_module(model: fx.GraphModule, *, fold_weights: bool = True, int4_linear: bool = False,
-                        pointwise_as_linear: bool = False) -> tuple[fx.GraphModule, list[DeployLayerInfo]]:
+                        pointwise_as_linear: bool = False,
+                        keep_conv: Collection[str] = ()) -> tuple[fx.GraphModule, list[DeployLayerInfo]]:
     """The integer form of a folded DuQ model: explicit int8 quantize/dequantize around fp32 convs.
 
     Run eagerly it computes what the runtime computes; ``torch.export`` of it lowers to int8
@@ -206,7 +208,8 @@ def build_deploy_module(model: fx.GraphModule, *, fold_weights: bool = True, int
     int4 code range, which XNNPACK stores packed and runs as its int8-activation x int4-weight GEMM
     (the same numbers: the codes are the same integers). XNNPACK has no such convolution.
     ``pointwise_as_linear`` writes 1×1 stride-1 convs with <= 4-bit weights as linear layers over the
-    map's pixels (:class:`DeployPointwise`), so that LiteRT can store and run their weights as INT4.
+    map's pixels (:class:`DeployPointwise`), so that LiteRT can store and run their weights as INT4;
+    the layers named in ``keep_conv`` stay convs.
     """
     _check_ready(model)
     plan = duq_plan(model)
@@ -257,7 +260,7 @@ def build_deploy_module(model: fx.GraphModule, *, fold_weights: bool = True, int
         kw = dict(in_q=None if name in on_grid else in_grid, out_q=out, clamp=clamp, codes=codes,
                   scales=scales, bias=bias, fold_weights=fold_weights, w_range=INT4_WEIGHTS if int4 else INT8_WEIGHTS)
         deploy: _DeployLayer
-        if pointwise_as_linear and is_pointwise(layer) and layer.weight_q.bits <= 4:
+        if pointwise_as_linear and is_pointwise(layer) and layer.weight_q.bits <= 4 and name not in keep_conv:
             deploy = DeployPointwise(**kw)
         elif isinstance(layer, QConv2d):
             deploy = DeployConv2d(layer, **kw)
@@ -315,12 +318,13 @@ def lower_duq(model: nn.Module, target: str, example_inputs: tuple[torch.Tensor,
     was_training = model.training
     model.eval()
     try:
-        on_et = target == "executorch"
-        # ExecuTorch keeps 1×1 convs as convs: written as linear layers, XNNPACK adds two transposes around each
-        # (v2 W4A4: 42 % smaller, but 2.7x the latency; docs/profit.md "Containers")
-        deploy, infos = build_deploy_module(fx_model, fold_weights=on_et, int4_linear=on_et, pointwise_as_linear=not on_et)
-        lower = _lower_executorch if target == "executorch" else _lower_tflite
-        art = lower(deploy, example, out_path)
+        if target == "executorch":
+            # 1×1 convs stay convs: written as linear layers, XNNPACK adds two transposes around each
+            # (v2 W4A4: 42 % smaller, but 2.7x the latency; docs/profit.md "Containers")
+            deploy, infos = build_deploy_module(fx_model, fold_weights=True, int4_linear=True)
+            art = _lower_executorch(deploy, example, out_path)
+        else:
+            art, infos = _lower_tflite_pointwise(fx_model, example, out_path)
     finally:
         model.train(was_training)
     records = art.pop("records")
@@ -346,6 +350,88 @@ def lower_duq(model: nn.Module, target: str, example_inputs: tuple[torch.Tensor,
         artifact.notes += session_notes
         artifact.notes.append(f"lowered in {time.perf_counter() - t0:.1f} s; example input max |artifact - eager DuQ| = {diff:.3g}")
     return artifact
+
+
+def _lower_tflite_pointwise(model: fx.GraphModule, example: torch.Tensor, out_path: Path) -> tuple[dict[str, Any], list[DeployLayerInfo]]:
+    """LiteRT, choosing between the <= 4-bit 1×1 convs as CONV_2D (int8 filters) and as FULLY_CONNECTED
+    (INT4 filters, the same integers; :class:`DeployPointwise`).
+
+    Both forms are converted. The FULLY_CONNECTED form is kept when it is smaller and litert-torch's NHWC
+    layout absorbed the permutes: at most one TRANSPOSE op more than the conv form per 10 rewritten layers
+    (mobilenet_v2 W4A4: 1 more for 20 layers, 42 % smaller, +5 % host latency; mobilenet_v3_small: 33 more
+    for 21, 14 % smaller, +14 %: its convs stay). The layout pass has also failed outright on some graphs
+    (a squeeze-excite product of a conv output into the linear form), so on a conversion error the form
+    is tried again with those layers as convs.
+    """
+    import os
+
+    conv_path = out_path.with_name(out_path.name + ".conv.part")
+    fc_path = out_path.with_name(out_path.name + ".fc.part")
+    try:
+        deploy, infos = build_deploy_module(model, fold_weights=False)
+        conv_art = _lower_tflite(deploy, example, conv_path)
+        fc = _convert_pointwise_form(model, example, fc_path)
+        chosen, note = conv_art, None
+        if fc is not None:
+            fc_art, fc_infos, rewritten, note = fc
+            added = _tflite_ops(fc_path).get("TRANSPOSE", 0) - _tflite_ops(conv_path).get("TRANSPOSE", 0)
+            sizes = f"{fc_path.stat().st_size:,} B against {conv_path.stat().st_size:,} B as CONV_2D"
+            if fc_path.stat().st_size < conv_path.stat().st_size and added <= max(1, rewritten // 10):
+                chosen, infos = fc_art, fc_infos
+                fc_art["notes"].append(f"{rewritten} 1x1 stride-1 convs with <= 4-bit weights run as FULLY_CONNECTED over "
+                                       f"the map's pixels, with INT4 filters: {sizes} (names included), {added} "
+                                       "TRANSPOSE op(s) added")
+            else:
+                conv_art["notes"].append(f"1x1 convs kept as CONV_2D (int8 filters): as FULLY_CONNECTED with INT4 filters "
+                                         f"the file would be {sizes} (names included), but litert-torch added {added} TRANSPOSE ops "
+                                         f"for {rewritten} layers (latency)")
+        if note and chosen is not conv_art:
+            chosen["notes"].append(note)
+        os.replace(fc_path if chosen is not conv_art else conv_path, out_path)
+        return chosen, infos
+    finally:
+        conv_path.unlink(missing_ok=True)
+        fc_path.unlink(missing_ok=True)
+
+
+def _convert_pointwise_form(model: fx.GraphModule, example: torch.Tensor,
+                            path: Path) -> tuple[dict[str, Any], list[DeployLayerInfo], int, str | None] | None:
+    """The FULLY_CONNECTED form at ``path``: (artifact dict, layer infos, layers rewritten, note), or None when no
+    layer qualifies or litert-torch cannot convert it even with the gated layers kept as convs."""
+    deploy, infos = build_deploy_module(model, fold_weights=False, pointwise_as_linear=True)
+    rewritten = [n for n, m in deploy.named_modules() if isinstance(m, DeployPointwise)]
+    if not rewritten:
+        return None
+    try:
+        return _lower_tflite(deploy, example, path), infos, len(rewritten), None
+    except ExportError as exc:
+        error = str(exc).split(" (fix:")[0]
+    gated = _gated_pointwise(deploy, rewritten)
+    if not gated or len(gated) == len(rewritten):
+        return None
+    deploy, infos = build_deploy_module(model, fold_weights=False, pointwise_as_linear=True, keep_conv=gated)
+    try:
+        art = _lower_tflite(deploy, example, path)
+    except ExportError:
+        return None
+    note = (f"{len(gated)} of {len(rewritten)} 1x1 convs kept as CONV_2D after litert-torch failed on their "
+            f"FULLY_CONNECTED form ({error[:200]}): {', '.join(sorted(gated))}")
+    return art, infos, len(rewritten) - len(gated), note
+
+
+def _gated_pointwise(deploy: fx.GraphModule, rewritten: list[str]) -> set[str]:
+    """The rewritten 1×1 convs whose input is a product with another layer's output (a squeeze-excite gate
+    applied to a conv output): the pattern litert-torch's layout pass failed on."""
+    layers = {n for n, m in deploy.named_modules() if isinstance(m, _DeployLayer)}
+    out = set()
+    for node in deploy.graph.nodes:
+        if node.op != "call_module" or node.target not in rewritten or not node.args:
+            continue
+        arg = node.args[0]
+        if (isinstance(arg, fx.Node) and arg.op == "call_function" and getattr(arg.target, "__name__", "") == "mul"
+                and any(isinstance(a, fx.Node) and a.op == "call_module" and a.target in layers for a in arg.args)):
+            out.add(str(node.target))
+    return out
 
 
 def _lower_executorch(deploy: nn.Module, example: torch.Tensor, out_path: Path) -> dict[str, Any]:
@@ -419,8 +505,7 @@ def _lower_tflite(deploy: nn.Module, example: torch.Tensor, out_path: Path) -> d
     if n_int4:
         counts = ", ".join(f"{n} {op}" for op, n in n_int4.items())
         notes.append(f"INT4 weights: {counts} filter(s) with codes in [-8, 7] stored as INT4 (the same integer codes, "
-                     "executed with int8 activations; 1x1 stride-1 convs with <= 4-bit weights run as FULLY_CONNECTED "
-                     "over the map's pixels for this); other convolution filters stay INT8 (INT4 conv filters "
+                     "executed with int8 activations); convolution filters stay INT8 (INT4 conv filters "
                      "ran but did not compute the same integers: mobilec/export/tflite_int4.py)")
     delegation = {"backend": "LiteRT builtin kernels (XNNPACK delegate at run time)", "ops": ops}
     return {"records": records, "delegation": delegation, "notes": notes}
