@@ -358,8 +358,8 @@ def _lower_tflite_pointwise(model: fx.GraphModule, example: torch.Tensor, out_pa
 
     Both forms are converted. The FULLY_CONNECTED form is kept when it is smaller and litert-torch's NHWC
     layout absorbed the permutes: at most one TRANSPOSE op more than the conv form per 10 rewritten layers
-    (mobilenet_v2 W4A4: 1 more for 20 layers, 42 % smaller, +5 % host latency; mobilenet_v3_small: 33 more
-    for 21, 14 % smaller, +14 %: its convs stay). The layout pass has also failed outright on some graphs
+    (mobilenet_v2 W4A4: 1 more for 20 layers, 38 % smaller, +5 % host latency; mobilenet_v3_small: 33 more
+    for 21, 7 % smaller, +14 %: its convs stay). The layout pass has also failed outright on some graphs
     (a squeeze-excite product of a conv output into the linear form), so on a conversion error the form
     is tried again with those layers as convs.
     """
@@ -385,7 +385,7 @@ def _lower_tflite_pointwise(model: fx.GraphModule, example: torch.Tensor, out_pa
                 conv_art["notes"].append(f"1x1 convs kept as CONV_2D (int8 filters): as FULLY_CONNECTED with INT4 filters "
                                          f"the file would be {sizes} (names included), but litert-torch added {added} TRANSPOSE ops "
                                          f"for {rewritten} layers (latency)")
-        if note and chosen is not conv_art:
+        if note:
             chosen["notes"].append(note)
         os.replace(fc_path if chosen is not conv_art else conv_path, out_path)
         return chosen, infos
