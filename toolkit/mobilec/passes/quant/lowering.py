@@ -365,8 +365,9 @@ def _lower_tflite_pointwise(model: fx.GraphModule, example: torch.Tensor, out_pa
     """
     import os
 
-    conv_path = out_path.with_name(out_path.name + ".conv.part")
-    fc_path = out_path.with_name(out_path.name + ".fc.part")
+    # hidden ``.NAME.part`` names: what a killed run leaves is removed by checkpoint.remove_stale_parts
+    conv_path = out_path.with_name(f".{out_path.name}.conv.part")
+    fc_path = out_path.with_name(f".{out_path.name}.fc.part")
     try:
         deploy, infos = build_deploy_module(model, fold_weights=False)
         conv_art = _lower_tflite(deploy, example, conv_path)
