@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_duq import quantized_tiny
+from test_duq import quantized_tiny, randomize_bn
+from torch import nn
 
 from mobilec.errors import MobilecError
 from mobilec.passes.quant.lowering import DeployPointwise, build_deploy_module, is_pointwise, lower_duq
@@ -151,6 +152,44 @@ def test_litert_runs_1x1_convs_as_int4_fully_connected_with_the_eager_integers(b
     note = next(n for n in chosen.notes if "TRANSPOSE" in n and "1x1" in n)
     assert "B against" in note and "B as CONV_2D" in note
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fc.tflite", "m.tflite"]  # no .part files left
+
+
+class _GatedBlock(nn.Module):
+    """mobilenet_v3_small's first block in small: a ReLU conv, a squeeze-excite gate on its output, a 1x1 projection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dw = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.se1, self.se2 = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+        self.pw = nn.Sequential(nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8))
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.dw(x)
+        s = torch.nn.functional.hardsigmoid(self.se2(torch.relu(self.se1(x.mean((2, 3), keepdim=True)))))
+        return self.head(self.pw(x * s).mean((2, 3)))
+
+
+@pytest.mark.slow
+def test_a_gated_1x1_conv_is_found_and_the_litert_export_still_runs_the_eager_integers(tmp_path) -> None:
+    """The pattern litert-torch's layout pass failed on (a gate times a conv output into the linear form) is
+    detected, and whatever form the LiteRT lowering keeps computes the eager integers."""
+    from mobilec.passes.quant.lowering import _gated_pointwise
+    from mobilec.passes.quant.qmodules import convert_to_duq, init_activation_quantizers, init_weight_quantizers
+
+    torch.manual_seed(0)
+    qm = convert_to_duq(randomize_bn(_GatedBlock()), weight_bits=4, act_bits=4, first_last_bits=8)
+    init_activation_quantizers(qm, torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0)))
+    init_weight_quantizers(qm)
+    qm = fold_batchnorm(qm.eval())
+    deploy, _ = build_deploy_module(qm, fold_weights=False, pointwise_as_linear=True)
+    rewritten = [n for n, m in deploy.named_modules() if isinstance(m, DeployPointwise)]
+    assert set(rewritten) == {"se1", "se2", "pw.0"}
+    assert _gated_pointwise(deploy, rewritten) == {"pw.0"}  # se1/se2 see the pooled map, not a product
+    x = digits_like()
+    art = lower_duq(qm, "tflite", (x[:1],), tmp_path / "g.tflite")
+    assert any("TRANSPOSE" in n and "1x1" in n for n in art.notes)
+    assert_runs_the_eager_integers(tmp_path / "g.tflite", qm, x)
 
 
 def test_onnx_is_refused_with_a_fix(tmp_path) -> None:
