@@ -79,17 +79,27 @@ def test_goals_leave_out_rejected_artifacts_and_say_so() -> None:
     assert "Left out of the goals" in md and "m/profit4bit/executorch seed 1" in md
 
 
+def _saver(b: Any, out: Path) -> Any:
+    """``save(report, command)``: the report's rows merged into ``out`` as bench/profit.py merges them."""
+    from mobilec.io import write_json_atomic, write_text_atomic
+
+    args = b.parse_args(["--out", str(out)])
+    result: dict[str, Any] = {"rows": [], "step_time": {}}
+
+    def save(rep: dict[str, Any], command: str = "c") -> list[dict[str, Any]]:
+        rows = b.rows_from_report(rep, model="m", recipe="profit4bit", command=command, machine="h")
+        b._save(result, rows, "h", args, write_json_atomic, write_text_atomic)
+        return rows
+
+    return save
+
+
 def test_rows_merge_by_model_recipe_target(tmp_path: Path) -> None:
     b = _bench()
     out = tmp_path / "profit.json"
-    args = b.parse_args(["--out", str(out)])
-    result: dict[str, Any] = {"rows": [], "step_time": {}}
-    from mobilec.io import write_json_atomic, write_text_atomic
-
-    first = b.rows_from_report(_report("profit4bit", 0.90), model="m", recipe="profit4bit", command="c", machine="h")
-    b._save(result, first, "h", args, write_json_atomic, write_text_atomic)
-    again = b.rows_from_report(_report("profit4bit", 0.91), model="m", recipe="profit4bit", command="c", machine="h")
-    b._save(result, again, "h", args, write_json_atomic, write_text_atomic)
+    save = _saver(b, out)
+    save(_report("profit4bit", 0.90))
+    save(_report("profit4bit", 0.91))
     saved = json.loads(out.read_text())
     assert [r["accuracy"] for r in saved["rows"] if r["target"] == "executorch"] == [0.91]
     # the rows table is mobilec.bench_render's block, so `mobilec compare --bench ... --check` holds
@@ -104,16 +114,10 @@ def test_rows_merge_by_model_recipe_target(tmp_path: Path) -> None:
 def test_a_row_re_exported_from_its_checkpoint_says_so_and_keeps_the_training_command(tmp_path: Path) -> None:
     b = _bench()
     out = tmp_path / "profit.json"
-    args = b.parse_args(["--out", str(out)])
-    result: dict[str, Any] = {"rows": [], "step_time": {}}
-    from mobilec.io import write_json_atomic, write_text_atomic
-
-    trained = b.rows_from_report(_report("profit4bit", 0.90), model="m", recipe="profit4bit", command="train", machine="h")
-    b._save(result, trained, "h", args, write_json_atomic, write_text_atomic)
+    save = _saver(b, out)
+    trained = save(_report("profit4bit", 0.90), "train")
     assert "exported_from_checkpoint" not in trained[0]
-    rep = {**_report("profit4bit", 0.90), "notes": ["resumed after pass 1 (profit) from its checkpoint"]}
-    again = b.rows_from_report(rep, model="m", recipe="profit4bit", command="resume", machine="h")
-    b._save(result, again, "h", args, write_json_atomic, write_text_atomic)
+    save({**_report("profit4bit", 0.90), "notes": ["resumed after pass 1 (profit) from its checkpoint"]}, "resume")
     row = next(r for r in json.loads(out.read_text())["rows"] if r["target"] == "executorch")
     assert row["exported_from_checkpoint"].startswith("resumed after pass 1")
     assert (row["command"], row["train_command"]) == ("resume", "train")
