@@ -375,7 +375,8 @@ def _lower_tflite_pointwise(model: fx.GraphModule, example: torch.Tensor, out_pa
         chosen, note = conv_art, None
         if fc is not None:
             fc_art, fc_infos, rewritten, note = fc
-            added = _tflite_ops(fc_path).get("TRANSPOSE", 0) - _tflite_ops(conv_path).get("TRANSPOSE", 0)
+            # the op counts _lower_tflite read from each file (no second interpreter per file)
+            added = fc_art["delegation"]["ops"].get("TRANSPOSE", 0) - conv_art["delegation"]["ops"].get("TRANSPOSE", 0)
             sizes = f"{fc_path.stat().st_size:,} B against {conv_path.stat().st_size:,} B as CONV_2D"
             if fc_path.stat().st_size < conv_path.stat().st_size and added <= max(1, rewritten // 10):
                 chosen, infos = fc_art, fc_infos
