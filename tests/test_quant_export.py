@@ -55,8 +55,9 @@ def chose_fully_connected(art) -> bool:
 def test_deploy_graph_equals_the_eager_model(bits: int, per_channel: bool) -> None:
     qm = fold_batchnorm(quantized_tiny(bits, per_channel=per_channel))
     x = digits_like()
-    for fold, pointwise in ((True, False), (False, False), (False, True)):
-        deploy, infos = build_deploy_module(qm, fold_weights=fold, pointwise_as_linear=pointwise)
+    for fold, pointwise, friendly in ((True, False, False), (False, False, False), (False, True, False),
+                                      (False, False, True), (False, True, True)):
+        deploy, infos = build_deploy_module(qm, fold_weights=fold, pointwise_as_linear=pointwise, delegate_friendly=friendly)
         with torch.no_grad():
             ref, out = qm(x), deploy(x)
         assert torch.equal(ref.argmax(1), out.argmax(1))
@@ -144,7 +145,7 @@ def test_litert_runs_1x1_convs_as_int4_fully_connected_with_the_eager_integers(b
     path = tmp_path / "fc.tflite"
     art = _lower_tflite(deploy, x[:1], path)
     assert_runs_the_eager_integers(path, qm, x)
-    assert _tflite_ops(path).get("FULLY_CONNECTED", 0) == 6  # the five 1x1 convs and the head
+    assert _tflite_ops(path)[0].get("FULLY_CONNECTED", 0) == 6  # the five 1x1 convs and the head
     assert sorted(r.stored for r in tflite_records(path)).count("int4") == 5  # pw, expand, se1, se2, project
     assert any("INT4 weights: 5 FULLY_CONNECTED" in n for n in art["notes"])
     # lower_duq converts both forms and says which it kept, with both sizes and the TRANSPOSE ops it added
@@ -196,3 +197,26 @@ def test_onnx_is_refused_with_a_fix(tmp_path) -> None:
     qm = fold_batchnorm(quantized_tiny(4))
     with pytest.raises(MobilecError, match="executorch, tflite"):
         lower_duq(qm, "onnx", (digits_like()[:1],), tmp_path / "m.onnx")
+
+
+@pytest.mark.slow
+def test_litert_graph_is_one_xnnpack_partition_and_keeps_the_eager_integers(tmp_path) -> None:
+    """The LiteRT form XNNPACK's delegate takes whole: the clips on a consumer's grid are fused activations
+    (relabeled tensors), the fp32 re-quantization clips in codes, the h-swish input's -3/8 border is the conv's
+    zero padding. Written plainly, the same model splits into several partitions (int8 MINIMUM, fp32 PADV2)."""
+    from mobilec.passes.quant.lowering import _lower_tflite
+
+    qm = fold_batchnorm(quantized_tiny(4))
+    x = digits_like()
+    plain, _ = build_deploy_module(qm, fold_weights=False)
+    split = _lower_tflite(plain, x[:1], tmp_path / "plain.tflite")["delegation"]
+    assert split["xnnpack_partitions"] > 1 and "PADV2" in split["ops"]
+    friendly, _ = build_deploy_module(qm, fold_weights=False, delegate_friendly=True)
+    # the h-swish-fed depthwise conv: F.pad(-3/8) then an unpadded conv, now the conv's own zero padding
+    assert plain.get_submodule("dw2.0.conv").padding == (0, 0) and "pad" in str(plain.code)
+    assert friendly.get_submodule("dw2.0.conv").padding == (1, 1) and "pad" not in str(friendly.code)
+    art = lower_duq(qm, "tflite", (x[:1],), tmp_path / "m.tflite")
+    assert art.delegation["xnnpack_partitions"] == 1
+    assert "PADV2" not in art.delegation["ops"] and art.delegation["ops"]["MINIMUM"] < split["ops"]["MINIMUM"]
+    assert any("the XNNPACK delegate takes them in 1 partition(s)" in n for n in art.notes)
+    assert_runs_the_eager_integers(tmp_path / "m.tflite", qm, x)
