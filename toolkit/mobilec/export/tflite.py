@@ -29,6 +29,7 @@ from mobilec.export import (
 )
 from mobilec.export.base import Artifact, ExporterBase
 from mobilec.export.layers import check_layers, layer_bits, summarize, tflite_records
+from mobilec.export.litert_pads import constant_pads_as_masks
 from mobilec.export.tflite_names import names_note, strip_tensor_names
 from mobilec.io import atomic_path
 from mobilec.quant import QuantPlan
@@ -52,6 +53,12 @@ class TFLiteExporter(ExporterBase):
         notes: list[str] = []
         kwargs = {}
         t0 = time.perf_counter()
+        # the graph that is converted: non-zero constant pads as zero pad + border constant (PADV2 splits
+        # XNNPACK's delegated graph); ``model`` stays the eager reference and names the layers
+        graph, n_pads = constant_pads_as_masks(model, example, self.target)
+        if n_pads:
+            notes.append(f"{n_pads} constant pad(s) with a non-zero value written as a zero PAD plus a border constant "
+                         "(the same values; XNNPACK's LiteRT delegate does not take PADV2)")
         if quant is not None:
             from litert_torch.quantize import pt2e_quantizer
             from litert_torch.quantize.quant_config import QuantConfig
@@ -60,7 +67,7 @@ class TFLiteExporter(ExporterBase):
             quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
                 pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=quant.per_channel, is_dynamic=False))
             # litert-torch lowers the explicit quantize/dequantize ops itself: keep them unfolded
-            reference: nn.Module = pt2e_quantize(model, example, batches, quantizer, self.target, fold_quantize=False)
+            reference: nn.Module = pt2e_quantize(graph, example, batches, quantizer, self.target, fold_quantize=False)
             reference_name = "PT2E int8 simulation (litert-torch PT2EQuantizer + convert_pt2e)"
             kwargs["quant_config"] = QuantConfig(pt2e_quantizer=quantizer)
             notes.append(f"int8: litert-torch PT2EQuantizer, {'per-channel' if quant.per_channel else 'per-tensor'} symmetric "
@@ -70,7 +77,7 @@ class TFLiteExporter(ExporterBase):
             reference = model
             reference_name = "eager model (fp32)"
         try:
-            edge_model = litert_torch.convert(reference, (example,), **kwargs)
+            edge_model = litert_torch.convert(reference if quant is not None else graph, (example,), **kwargs)
         except Exception as exc:
             if quant is None:
                 torch_export(model, example, self.target)  # a torch.export problem gets its own, clearer error
