@@ -181,3 +181,19 @@ def test_report_markdown_lists_each_pass_notes() -> None:
     md = render_markdown(rep.to_dict())
     assert "- profit: inputs kept at 8 bits (high_bit_inputs): dw.0" in md
     assert "- tucker: a" not in md
+
+
+def test_report_markdown_states_delegation_per_runtime() -> None:
+    """ExecuTorch counts delegated ops; LiteRT's interpreter delegate is counted in partitions (no "None/None")."""
+    from mobilec.report import delegation_cell
+
+    rep = RunReport(recipe="r", model={"name": "m"}, data={"name": "d"}).to_dict()
+    pte = {"target": "executorch", "path": "m.pte", "size_bytes": 10,
+           "delegation": {"backend": "XNNPACK", "delegated": 3, "total": 4, "not_delegated": {"aten.mul": 1}}}
+    tfl = {"target": "tflite", "path": "m.tflite", "size_bytes": 10,
+           "delegation": {"backend": "LiteRT builtin kernels (XNNPACK delegate at run time)", "ops": {"ADD": 1}, "xnnpack_partitions": 1}}
+    rep["artifacts"] = [pte, tfl]
+    md = render_markdown(rep)
+    assert "- executorch: 3/4 ops delegated to XNNPACK; not delegated: `aten.mul` x1" in md
+    assert "- tflite: the XNNPACK delegate takes the graph in 1 partition(s)" in md and "None" not in md
+    assert [delegation_cell(a["delegation"]) for a in (pte, tfl)] + [delegation_cell(None)] == ["3/4", "1 partition(s)", "-"]

@@ -179,12 +179,15 @@ def render_markdown(rep: dict[str, Any]) -> str:
         lines.append("")
         for a in rep["artifacts"]:
             d = a.get("delegation") or {}
-            if d:
+            if d.get("total") is not None:
                 nd = d.get("not_delegated") or {}
                 tail = "; not delegated: " + ", ".join(f"`{k}` x{v}" for k, v in nd.items()) if nd else " (all delegated)"
                 lines.append(
                     f"- {a['target']}: {d.get('delegated')}/{d.get('total')} ops delegated to {d.get('backend', 'the delegate')}{tail}"
                 )
+            elif d.get("xnnpack_partitions") is not None:  # LiteRT: the interpreter's delegate, counted in partitions
+                lines.append(f"- {a['target']}: the XNNPACK delegate takes the graph in {d['xnnpack_partitions']} "
+                             f"partition(s) ({d.get('backend', 'LiteRT')})")
             for note in a.get("notes", []):
                 lines.append(f"- {a['target']}: {note}")
         lines.append("")
@@ -227,3 +230,13 @@ def render_markdown(rep: dict[str, Any]) -> str:
     if rep["notes"]:
         lines += ["## Notes", ""] + [f"- {n}" for n in rep["notes"]] + [""]
     return "\n".join(lines)
+
+
+def delegation_cell(d: dict[str, Any] | None) -> str:
+    """A short delegation summary: ``delegated/total`` ops (ExecuTorch), ``N partition(s)`` (LiteRT), or ``-``."""
+    d = d or {}
+    if d.get("total") is not None:
+        return f"{d.get('delegated')}/{d['total']}"
+    if d.get("xnnpack_partitions") is not None:
+        return f"{d['xnnpack_partitions']} partition(s)"
+    return "-"

@@ -8,6 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from mobilec.report import delegation_cell
+
 
 def _size(n: int | None) -> str:
     return "-" if n is None else f"{n / 1024:.1f} KB" if n < 1024 * 1024 else f"{n / 1024 / 1024:.2f} MB"
@@ -26,8 +28,7 @@ def print_run_summary(result: Any, console: Console | None = None) -> None:
         table.add_column(col)
     for a in rep.artifacts:
         v = a.get("verification") or {}
-        d = a.get("delegation") or {}
-        deleg = f"{d.get('delegated')}/{d.get('total')}" if d else "-"
+        deleg = delegation_cell(a.get("delegation"))
         table.add_row(
             a["target"],
             Path(a["path"]).name,

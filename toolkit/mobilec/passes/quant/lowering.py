@@ -89,14 +89,15 @@ class _DeployLayer(nn.Module):
 
     def __init__(self, *, in_q: ActQ | None, out_q: ActQ, clamp: tuple[float, float] | None, codes: torch.Tensor,
                  scales: torch.Tensor, bias: torch.Tensor, fold_weights: bool, w_range: tuple[int, int] = INT8_WEIGHTS,
-                 codes_input: bool = False) -> None:
+                 delegate_friendly: bool = False) -> None:
         super().__init__()
         self.in_q, self.out_q, self.clamp = in_q, out_q, clamp
         self.fold_weights = fold_weights
         self.w_min, self.w_max = w_range
         self.round_in_fp32 = not fold_weights
-        #: the input quantized in fp32 is passed on as its codes (scale 1): the weights take its scale
-        self.codes_input = codes_input and in_q is not None and self.round_in_fp32
+        #: the input quantized in fp32 clips in codes and is passed on as its codes (scale 1): the weights
+        #: take its scale (``build_deploy_module``'s ``delegate_friendly``)
+        self.codes_input = delegate_friendly and in_q is not None and self.round_in_fp32
         if self.codes_input:
             scales = scales * cast(ActQ, in_q).scale
         self.register_buffer("w_zero_points", torch.zeros(codes.shape[0], dtype=torch.int64))
@@ -124,19 +125,20 @@ class _DeployLayer(nn.Module):
         if q.offset:
             x = x + q.offset
         clips = math.isfinite(q.lo) or math.isfinite(q.hi)
-        if self.round_in_fp32:
-            # LiteRT would fuse dq -> clamp -> q into an int8 -> int8 QUANTIZE, which XNNPACK runs with
-            # an 8-bit multiplier (off by one code near .5); rounding in fp32 first makes the q exact. The
-            # clip comes after the multiply, in codes (as the eager quantizer does it): before it, litert-torch
+        if self.codes_input:
+            # the clip after the multiply, in codes (as the eager quantizer does it): before it, litert-torch
             # moves it onto the int8 tensor as MINIMUM/MAXIMUM ops, which XNNPACK does not delegate
             x = x * (1.0 / q.scale)
             if clips:
                 x = torch.clamp(x, round(q.lo / q.scale), round(q.hi / q.scale))
             x = torch.round(x)
-            if not self.codes_input:
-                x = x * q.scale
-        elif clips:
-            x = torch.clamp(x, q.lo, q.hi)
+        else:
+            if clips:
+                x = torch.clamp(x, q.lo, q.hi)
+            if self.round_in_fp32:
+                # LiteRT would fuse dq -> clamp -> q into an int8 -> int8 QUANTIZE, which XNNPACK runs with
+                # an 8-bit multiplier (off by one code near .5); rounding in fp32 first makes the q exact
+                x = torch.round(x * (1.0 / q.scale)) * q.scale
         scale = 1.0 if self.codes_input else q.scale
         x = qd.quantize_per_tensor(x, scale, q.zero_point, -128, 127, torch.int8)
         return qd.dequantize_per_tensor(x, scale, q.zero_point, -128, 127, torch.int8)
@@ -235,7 +237,8 @@ def build_deploy_module(model: fx.GraphModule, *, fold_weights: bool = True, int
     multiply and passes on its codes (scale 1, the weights take the scale); an h-swish input's -3/8
     border becomes the conv's zero padding after its quantizer (:func:`_offset_pad`). Without it, the
     int8 MINIMUM/MAXIMUM ops and fp32 PADV2 ops it avoids split the delegated graph (mobilenet_v2 W4A4:
-    28 partitions, 0.074 ms per image against 0.064; mobilenet_v3_small: 28, 0.144 ms against 0.088).
+    25 partitions, 0.077 ms per image against 0.067; mobilenet_v3_small: 24, 0.139 ms against 0.083;
+    ``bench/results/latency.md``).
     """
     _check_ready(model)
     plan = duq_plan(model)
@@ -296,7 +299,7 @@ def build_deploy_module(model: fx.GraphModule, *, fold_weights: bool = True, int
         int4 = int4_linear and isinstance(layer, QLinear) and layer.weight_q.bits <= 4
         kw = dict(in_q=None if name in on_grid else in_grid, out_q=out, clamp=clamp, codes=codes,
                   scales=scales, bias=bias, fold_weights=fold_weights, w_range=INT4_WEIGHTS if int4 else INT8_WEIGHTS,
-                  codes_input=delegate_friendly)
+                  delegate_friendly=delegate_friendly)
         deploy: _DeployLayer
         if pointwise_as_linear and is_pointwise(layer) and layer.weight_q.bits <= 4 and name not in keep_conv:
             deploy = DeployPointwise(**kw)
@@ -340,7 +343,7 @@ def _clamp_relabels(plan: Any, layers: dict[str, QConv2d | QLinear]) -> dict[str
 
     The producer's weights and bias take the factor ``r``, the consumer's weights ``1/r``: the integers
     are unchanged. LiteRT then needs no separate MINIMUM/MAXIMUM op for the clip; those int8 ops are not
-    in XNNPACK's delegate and split its graph (mobilenet_v2 W4A4: 28 delegate partitions, 43 such ops).
+    in XNNPACK's delegate and split its graph (mobilenet_v2 W4A4: 43 such ops before).
     """
     out = {}
     for name, lp in plan.layers.items():
