@@ -237,7 +237,7 @@ def build_deploy_module(model: fx.GraphModule, *, fold_weights: bool = True, int
     multiply and passes on its codes (scale 1, the weights take the scale); an h-swish input's -3/8
     border becomes the conv's zero padding after its quantizer (:func:`_offset_pad`). Without it, the
     int8 MINIMUM/MAXIMUM ops and fp32 PADV2 ops it avoids split the delegated graph (mobilenet_v2 W4A4:
-    25 partitions, 0.077 ms per image against 0.067; mobilenet_v3_small: 24, 0.139 ms against 0.083;
+    28 partitions, 0.077 ms per image against 0.064; mobilenet_v3_small: 28, 0.142 ms against 0.083;
     ``bench/results/latency.md``).
     """
     _check_ready(model)
