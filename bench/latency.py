@@ -43,9 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def tflite_graph(path: Path) -> dict[str, Any]:
-    from mobilec.passes.quant.lowering import _tflite_ops
+    from mobilec.export.tflite import tflite_ops_and_partitions
 
-    ops, partitions = _tflite_ops(path)
+    ops, partitions = tflite_ops_and_partitions(path)
     return {"ops": sum(ops.values()), "xnnpack_partitions": partitions}
 
 

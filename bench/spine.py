@@ -17,7 +17,7 @@ from pathlib import Path
 
 import mobilec.api
 from mobilec.io import write_json_atomic, write_text_atomic
-from mobilec.report import machine_description
+from mobilec.report import delegation_cell, machine_description
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -203,8 +203,7 @@ def render(rows: list[dict], per_tensor: dict | None = None) -> str:
         if "error" in r:
             lines.append(f"| {r['recipe']} | {r['target']} | | | | | | | | | failed: {r['error']} |")
             continue
-        d = r.get("delegation") or {}
-        deleg = f"{d.get('delegated')}/{d.get('total')}" if d else "-"
+        deleg = delegation_cell(r.get("delegation"))
         lines.append(
             f"| {r['recipe']} | {r['target']} | {r['accuracy']:.4f} | {num(r['accuracy_drop_vs_fp32'] * 100, '+.2f')} pt "
             f"| {r['top1_agreement']:.4f} | {r['size_bytes'] / 1024:.0f} KB | {num(r['size_ratio_vs_fp32'], '.2f')}x "

@@ -55,8 +55,8 @@ def test_the_rewritten_graph_computes_the_same_and_a_model_without_pads_is_left_
 @pytest.mark.parametrize("int8", [False, True])
 def test_litert_export_has_no_padv2_and_verifies(int8: bool, tmp_path) -> None:
     from mobilec.export import get_exporter
+    from mobilec.export.tflite import tflite_ops_and_partitions
     from mobilec.export.verify import verify_artifact
-    from mobilec.passes.quant.lowering import _tflite_ops
     from mobilec.quant import QuantPlan
     from mobilec.recipe import VerifySpec
 
@@ -64,9 +64,11 @@ def test_litert_export_has_no_padv2_and_verifies(int8: bool, tmp_path) -> None:
     model = _HswishNet().eval()
     art = get_exporter("tflite").export(model, (digits().x_test[:1],), tmp_path / "m.tflite",
                                         quant=QuantPlan() if int8 else None, calibration=calibration() if int8 else ())
-    ops, partitions = _tflite_ops(art.path)
+    ops, partitions = tflite_ops_and_partitions(art.path)
     assert "PADV2" not in ops and ops.get("PAD") == 1
     assert any("1 constant pad(s) with a non-zero value written as a zero PAD" in n for n in art.notes)
+    assert art.delegation["xnnpack_partitions"] == partitions  # the report and the run summary show it
+    assert any(f"the XNNPACK delegate takes them in {partitions} partition(s)" in n for n in art.notes)
     if not int8:  # fp32: the whole graph in XNNPACK (int8 HARD_SWISH is not in the delegate)
         assert partitions == 1
     spec = VerifySpec(min_top1_agreement=0.99, min_snr_db=30) if int8 else VerifySpec(min_top1_agreement=1.0, max_abs_error=1e-4)

@@ -137,7 +137,8 @@ def test_litert_runs_1x1_convs_as_int4_fully_connected_with_the_eager_integers(b
     """The FULLY_CONNECTED form of the <= 4-bit 1x1 convs (what lower_duq keeps for LiteRT when it is smaller
     and adds no transposes: mobilenet_v2) stores them as INT4 and computes the eager integers."""
     from mobilec.export.layers import tflite_records
-    from mobilec.passes.quant.lowering import _lower_tflite, _tflite_ops
+    from mobilec.export.tflite import tflite_ops_and_partitions
+    from mobilec.passes.quant.lowering import _lower_tflite
 
     qm = fold_batchnorm(quantized_tiny(bits))
     x = digits_like()
@@ -145,7 +146,7 @@ def test_litert_runs_1x1_convs_as_int4_fully_connected_with_the_eager_integers(b
     path = tmp_path / "fc.tflite"
     art = _lower_tflite(deploy, x[:1], path)
     assert_runs_the_eager_integers(path, qm, x)
-    assert _tflite_ops(path)[0].get("FULLY_CONNECTED", 0) == 6  # the five 1x1 convs and the head
+    assert tflite_ops_and_partitions(path)[0].get("FULLY_CONNECTED", 0) == 6  # the five 1x1 convs and the head
     assert sorted(r.stored for r in tflite_records(path)).count("int4") == 5  # pw, expand, se1, se2, project
     assert any("INT4 weights: 5 FULLY_CONNECTED" in n for n in art["notes"])
     # lower_duq converts both forms and says which it kept, with both sizes and the TRANSPOSE ops it added

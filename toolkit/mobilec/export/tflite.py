@@ -108,10 +108,28 @@ class TFLiteExporter(ExporterBase):
             notes.append(summarize(layers, size) + " (per-layer types read from the .tflite tensors)")
         notes += [f"layer table: {p}" for p in problems]
         ops = _op_histogram(out_path)
-        notes.append("TFLite ops: " + ", ".join(f"{k} x{v}" for k, v in ops.items()))
+        _, partitions = tflite_ops_and_partitions(out_path)
+        notes.append("TFLite ops: " + ", ".join(f"{k} x{v}" for k, v in ops.items())
+                     + f"; the XNNPACK delegate takes them in {partitions} partition(s)")
         notes.append(f"exported in {seconds:.1f} s; example input max |artifact - reference| = {diff:.3g}")
-        return Artifact(target=self.target, path=out_path, size_bytes=size, layers=layers, notes=notes,
+        delegation = {"backend": "LiteRT builtin kernels (XNNPACK delegate at run time)", "ops": ops,
+                      "xnnpack_partitions": partitions}
+        return Artifact(target=self.target, path=out_path, size_bytes=size, layers=layers, notes=notes, delegation=delegation,
                         reference=reference, reference_name=reference_name)
+
+
+def tflite_ops_and_partitions(path: Path) -> tuple[dict[str, int], int]:
+    """The file's op counts, and the number of graph partitions the interpreter's XNNPACK delegate takes
+    (1: the whole graph; each op it cannot run splits it, with a hand-over either side)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path), num_threads=1)
+    counts: dict[str, int] = {}
+    for op in interp._get_ops_details():
+        counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
+    interp.allocate_tensors()  # applies the default delegate: each partition becomes one DELEGATE node
+    partitions = sum(op["op_name"] == "DELEGATE" for op in interp._get_ops_details())
+    return counts, partitions
 
 
 def _op_histogram(path: Path) -> dict[str, int]:

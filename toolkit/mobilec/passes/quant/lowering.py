@@ -579,6 +579,7 @@ def _lower_tflite(deploy: nn.Module, example: torch.Tensor, out_path: Path) -> d
     from litert_torch.quantize import pt2e_quantizer, quant_config
 
     from mobilec.export.layers import tflite_records
+    from mobilec.export.tflite import tflite_ops_and_partitions
     from mobilec.export.tflite_int4 import pack_int4_weights
     from mobilec.io import atomic_path
 
@@ -594,7 +595,7 @@ def _lower_tflite(deploy: nn.Module, example: torch.Tensor, out_path: Path) -> d
         edge.export(str(tmp))
         n_int4 = pack_int4_weights(tmp, tmp)
     records = tflite_records(out_path)
-    ops, partitions = _tflite_ops(out_path)
+    ops, partitions = tflite_ops_and_partitions(out_path)
     notes = ["LiteRT ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(ops.items()))
              + f"; the XNNPACK delegate takes them in {partitions} partition(s)"]
     if n_int4:
@@ -605,20 +606,6 @@ def _lower_tflite(deploy: nn.Module, example: torch.Tensor, out_path: Path) -> d
     delegation = {"backend": "LiteRT builtin kernels (XNNPACK delegate at run time)", "ops": ops,
                   "xnnpack_partitions": partitions}
     return {"records": records, "delegation": delegation, "notes": notes}
-
-
-def _tflite_ops(path: Path) -> tuple[dict[str, int], int]:
-    """The file's op counts, and the number of graph partitions the interpreter's XNNPACK delegate takes
-    (1: the whole graph; each op it cannot run splits it, with a hand-over either side)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(path), num_threads=1)
-    counts: dict[str, int] = {}
-    for op in interp._get_ops_details():
-        counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
-    interp.allocate_tensors()  # applies the default delegate: each partition becomes one DELEGATE node
-    partitions = sum(op["op_name"] == "DELEGATE" for op in interp._get_ops_details())
-    return counts, partitions
 
 
 def _layer_bits(infos: list[DeployLayerInfo], records: list[Any]) -> tuple[list[LayerBits], list[str]]:
