@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
             key = (f"{model}/{recipe}", str(path))
             artifacts[key] = path
             meta[key] = {"model": model, "recipe": recipe, "target": SUFFIX_TARGET[path.suffix], "form": "shipped",
-                         "size_bytes": path.stat().st_size, "run_dir": str(run), "accuracy": a.get("verification", {}).get("accuracy")}
+                         "size_bytes": path.stat().st_size, "run_dir": str(run), "accuracy": (a.get("verification") or {}).get("accuracy")}
         if not args.no_plain and any(p["name"] in DUQ_PASSES for p in report["passes"]):
             plain = plain_litert(run, report, tmp / f"{model}-{recipe}-plain.tflite")
             if plain is not None:
