@@ -221,7 +221,8 @@ def _check_ready(model: nn.Module) -> None:
 @torch.no_grad()
 def build_deploy_module(model: fx.GraphModule, *, fold_weights: bool = True, int4_linear: bool = False,
                         pointwise_as_linear: bool = False, keep_conv: Collection[str] = (),
-                        delegate_friendly: bool = False) -> tuple[fx.GraphModule, list[DeployLayerInfo]]:
+                        delegate_friendly: bool = False,
+                        offset_pads_in_conv: bool | None = None) -> tuple[fx.GraphModule, list[DeployLayerInfo]]:
     """The integer form of a folded DuQ model: explicit int8 quantize/dequantize around fp32 convs.
 
     Run eagerly it computes what the runtime computes; ``torch.export`` of it lowers to int8
@@ -238,7 +239,8 @@ def build_deploy_module(model: fx.GraphModule, *, fold_weights: bool = True, int
     border becomes the conv's zero padding after its quantizer (:func:`_offset_pad`). Without it, the
     int8 MINIMUM/MAXIMUM ops and fp32 PADV2 ops it avoids split the delegated graph (mobilenet_v2 W4A4:
     28 partitions, 0.077 ms per image against 0.064; mobilenet_v3_small: 28, 0.142 ms against 0.083;
-    ``bench/results/latency.md``).
+    ``bench/results/latency.md``). ``offset_pads_in_conv`` (default: ``delegate_friendly``) does the last
+    of these alone; ExecuTorch uses it (mobilenet_v3_small .pte: 0.23 → 0.18 ms per image, the same outputs).
     """
     _check_ready(model)
     plan = duq_plan(model)
@@ -248,6 +250,7 @@ def build_deploy_module(model: fx.GraphModule, *, fold_weights: bool = True, int
     layers = dict(quant_layers(dm))
     on_grid = _inputs_on_grid(plan, nodes)
     relabels = _clamp_relabels(plan, layers) if delegate_friendly else {}
+    pads_in_conv = delegate_friendly if offset_pads_in_conv is None else offset_pads_in_conv
     infos = []
     for name, lp in plan.layers.items():
         layer = layers[name]
@@ -304,7 +307,7 @@ def build_deploy_module(model: fx.GraphModule, *, fold_weights: bool = True, int
         if pointwise_as_linear and is_pointwise(layer) and layer.weight_q.bits <= 4 and name not in keep_conv:
             deploy = DeployPointwise(**kw)
         elif isinstance(layer, QConv2d):
-            pad_node = _offset_pad(nodes[lp.node], layer) if delegate_friendly and name not in on_grid else None
+            pad_node = _offset_pad(nodes[lp.node], layer) if pads_in_conv and name not in on_grid else None
             pad = None
             if pad_node is not None:  # the layer reads the unpadded tensor and pads after its quantizer
                 pads = [int(v) for v in cast(tuple[int, ...], pad_node.args[1])]
@@ -411,8 +414,9 @@ def lower_duq(model: nn.Module, target: str, example_inputs: tuple[torch.Tensor,
     try:
         if target == "executorch":
             # 1×1 convs stay convs: written as linear layers, XNNPACK adds two transposes around each
-            # (v2 W4A4: 42 % smaller, but 2.7x the latency; docs/profit.md "Containers")
-            deploy, infos = build_deploy_module(fx_model, fold_weights=True, int4_linear=True)
+            # (v2 W4A4: 42 % smaller, but 2.7x the latency; docs/profit.md "Containers"). The -3/8 borders
+            # as conv padding: an fp32 pad op per h-swish depthwise conv less for XNNPACK to run
+            deploy, infos = build_deploy_module(fx_model, fold_weights=True, int4_linear=True, offset_pads_in_conv=True)
             art = _lower_executorch(deploy, example, out_path)
         else:
             art, infos = _lower_tflite_pointwise(fx_model, example, out_path)
