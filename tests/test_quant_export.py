@@ -221,3 +221,17 @@ def test_litert_graph_is_one_xnnpack_partition_and_keeps_the_eager_integers(tmp_
     assert "PADV2" not in art.delegation["ops"] and art.delegation["ops"]["MINIMUM"] < split["ops"]["MINIMUM"]
     assert any("the XNNPACK delegate takes them in 1 partition(s)" in n for n in art.notes)
     assert_runs_the_eager_integers(tmp_path / "m.tflite", qm, x)
+
+
+def test_executorch_form_pads_the_hswish_input_in_the_conv_with_the_same_values() -> None:
+    """``offset_pads_in_conv`` alone (what the ExecuTorch lowering uses): the -3/8 border becomes conv padding after
+    the quantizer, nothing else changes (no relabeled clips: mobilenet_v2's .pte stays byte for byte)."""
+    qm = fold_batchnorm(quantized_tiny(4))
+    x = digits_like()
+    plain, _ = build_deploy_module(qm, fold_weights=True, int4_linear=True)
+    padded, _ = build_deploy_module(qm, fold_weights=True, int4_linear=True, offset_pads_in_conv=True)
+    assert plain.get_submodule("dw2.0.conv").padding == (0, 0) and padded.get_submodule("dw2.0.conv").padding == (1, 1)
+    assert "pad" in str(plain.code) and "pad" not in str(padded.code)
+    assert all(plain.get_submodule(n).out_q == padded.get_submodule(n).out_q for n in ("dw.0", "se1", "pw.0"))
+    with torch.no_grad():
+        assert torch.equal(plain(x), padded(x))
