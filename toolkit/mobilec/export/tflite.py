@@ -107,8 +107,8 @@ class TFLiteExporter(ExporterBase):
         if layers:
             notes.append(summarize(layers, size) + " (per-layer types read from the .tflite tensors)")
         notes += [f"layer table: {p}" for p in problems]
-        ops = _op_histogram(out_path)
-        _, partitions = tflite_ops_and_partitions(out_path)
+        ops = tflite_op_counts(out_path)
+        partitions = xnnpack_partitions(out_path)
         notes.append("TFLite ops: " + ", ".join(f"{k} x{v}" for k, v in ops.items())
                      + f"; the XNNPACK delegate takes them in {partitions} partition(s)")
         notes.append(f"exported in {seconds:.1f} s; example input max |artifact - reference| = {diff:.3g}")
@@ -119,20 +119,21 @@ class TFLiteExporter(ExporterBase):
 
 
 def tflite_ops_and_partitions(path: Path) -> tuple[dict[str, int], int]:
-    """The file's op counts, and the number of graph partitions the interpreter's XNNPACK delegate takes
-    (1: the whole graph; each op it cannot run splits it, with a hand-over either side)."""
+    """The file's op counts and its XNNPACK partition count."""
+    return tflite_op_counts(path), xnnpack_partitions(path)
+
+
+def xnnpack_partitions(path: Path) -> int:
+    """The number of graph partitions the interpreter's XNNPACK delegate takes (1: the whole graph; each op
+    it cannot run splits it, with a hand-over either side)."""
     from ai_edge_litert.interpreter import Interpreter
 
     interp = Interpreter(model_path=str(path), num_threads=1)
-    counts: dict[str, int] = {}
-    for op in interp._get_ops_details():
-        counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
     interp.allocate_tensors()  # applies the default delegate: each partition becomes one DELEGATE node
-    partitions = sum(op["op_name"] == "DELEGATE" for op in interp._get_ops_details())
-    return counts, partitions
+    return sum(op["op_name"] == "DELEGATE" for op in interp._get_ops_details())
 
 
-def _op_histogram(path: Path) -> dict[str, int]:
+def tflite_op_counts(path: Path) -> dict[str, int]:
     """Builtin op counts of the model's main subgraph, read from the flatbuffer."""
     from ai_edge_litert import schema_py_generated as schema
 

@@ -43,7 +43,7 @@ from mobilec.errors import ExportError, MobilecError
 from mobilec.export.base import Artifact, LayerBits
 from mobilec.export.tflite_names import names_note, strip_tensor_names
 from mobilec.passes.quant.duq import HSWISH_OFFSET, DuQuantizer, Int8FakeQuant
-from mobilec.passes.quant.qmodules import QConv2d, QLinear, duq_plan, quant_layers
+from mobilec.passes.quant.qmodules import QConv2d, QLinear, _pad_value, duq_plan, quant_layers
 
 SUPPORTED_TARGETS = ("executorch", "tflite")
 #: Weight code ranges of the dequantize ops: int8 conv/linear weights, and the int4 range (``[-8, 7]``)
@@ -238,7 +238,7 @@ def build_deploy_module(model: fx.GraphModule, *, fold_weights: bool = True, int
     multiply and passes on its codes (scale 1, the weights take the scale); an h-swish input's -3/8
     border becomes the conv's zero padding after its quantizer (:func:`_offset_pad`). Without it, the
     int8 MINIMUM/MAXIMUM ops and fp32 PADV2 ops it avoids split the delegated graph (mobilenet_v2 W4A4:
-    28 partitions, 0.077 ms per image against 0.064; mobilenet_v3_small: 28, 0.142 ms against 0.083;
+    28 partitions, 0.077 ms per image against 0.067; mobilenet_v3_small: 28, 0.139 ms against 0.083;
     ``bench/results/latency.md``). ``offset_pads_in_conv`` (default: ``delegate_friendly``) does the last
     of these alone; ExecuTorch uses it (mobilenet_v3_small .pte: 1.20x → 1.00x the int8 PTQ .pte's time, the same outputs).
     """
@@ -307,7 +307,7 @@ def build_deploy_module(model: fx.GraphModule, *, fold_weights: bool = True, int
         if pointwise_as_linear and is_pointwise(layer) and layer.weight_q.bits <= 4 and name not in keep_conv:
             deploy = DeployPointwise(**kw)
         elif isinstance(layer, QConv2d):
-            pad_node = _offset_pad(nodes[lp.node], layer) if pads_in_conv and name not in on_grid else None
+            pad_node = _offset_pad(nodes[lp.node], layer, dm) if pads_in_conv and name not in on_grid else None
             pad = None
             if pad_node is not None:  # the layer reads the unpadded tensor and pads after its quantizer
                 pads = [int(v) for v in cast(tuple[int, ...], pad_node.args[1])]
@@ -364,18 +364,16 @@ def _clamp_relabels(plan: Any, layers: dict[str, QConv2d | QLinear]) -> dict[str
     return out
 
 
-def _offset_pad(node: fx.Node, layer: QConv2d) -> fx.Node | None:
+def _offset_pad(node: fx.Node, layer: QConv2d, gm: fx.GraphModule) -> fx.Node | None:
     """The ``F.pad(x, pads, value=-offset)`` node that is ``node``'s only input path, when the layer's input
     quantizer adds ``offset`` (h-swish negative padding: the pad value is the quantizer's code 0)."""
     arg = node.args[0] if node.args else None
     off = layer.act_q.offset
     if not (off and isinstance(arg, fx.Node) and arg.op == "call_function" and arg.target is F.pad and len(arg.users) == 1):
         return None
-    mode = arg.args[2] if len(arg.args) > 2 else arg.kwargs.get("mode", "constant")
-    value = arg.args[3] if len(arg.args) > 3 else arg.kwargs.get("value", 0.0)
     pads = arg.args[1] if len(arg.args) > 1 else None
     symmetric = isinstance(pads, tuple | list) and len(pads) == 4 and pads[0] == pads[1] and pads[2] == pads[3]
-    return arg if mode == "constant" and value is not None and float(value) == -off and symmetric else None
+    return arg if symmetric and _pad_value(arg, gm) == -off else None
 
 
 def _inputs_on_grid(plan: Any, nodes: dict[str, fx.Node]) -> set[str]:
@@ -454,9 +452,9 @@ def _lower_tflite_pointwise(model: fx.GraphModule, example: torch.Tensor, out_pa
     Both forms are converted. The FULLY_CONNECTED form is kept when it is smaller and litert-torch's NHWC
     layout absorbed the permutes: at most one TRANSPOSE op more than the conv form per 10 rewritten layers
     (mobilenet_v2 W4A4: 1 more for 20 layers, 38 % smaller with names, 0.064 against 0.060 ms per image on
-    the host; mobilenet_v3_small: 33 more for 21, 8 % smaller: its convs stay). The layout pass has also failed outright on some graphs
-    (a squeeze-excite product of a conv output into the linear form), so on a conversion error the form
-    is tried again with those layers as convs.
+    the host in a diagnostic run; mobilenet_v3_small: 33 more for 21, 8 % smaller: its convs stay). The
+    layout pass has also failed outright on some graphs (a squeeze-excite product of a conv output into the
+    linear form), so on a conversion error the form is tried again with those layers as convs.
     """
     import os
 
