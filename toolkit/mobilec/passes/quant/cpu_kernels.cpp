@@ -236,6 +236,173 @@ at::Tensor int8_fq_backward(const at::Tensor& g, const at::Tensor& x, double sca
   return grad;
 }
 
+
+// The BN-folded layer's per-channel affine out = y * g[c] + b[c] (training with BatchNorm folded): one pass
+// each way instead of mul, add and, backward, a mul, a product and two reductions. y is NCHW-contiguous
+// (channel = (i / inner) % C) or channels-last (channel = i % C). The forward is the eager y * g + b exactly
+// (two roundings, no FMA); grad_y = gout * g[c] exactly; the channel sums of gout * y and gout are per
+// plane (NCHW) or per chunk of rows (channels-last) in float over 16 lanes, then added in order in
+// double: deterministic, in another order than torch's reduction.
+MOBILEC_CLONES void affine_forward_plane(const float* __restrict y, float* __restrict out, int64_t n, float g, float b) {
+  for (int64_t i = 0; i < n; ++i) out[i] = y[i] * g + b;
+}
+
+MOBILEC_CLONES void affine_forward_rows(const float* __restrict y, float* __restrict out, int64_t rows, int64_t c,
+                                        const float* __restrict g, const float* __restrict b) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* yr = y + r * c;
+    float* orow = out + r * c;
+    for (int64_t j = 0; j < c; ++j) orow[j] = yr[j] * g[j] + b[j];
+  }
+}
+
+// grad_y (optional) = gout * g over one plane; the plane's sums of gout * y and gout
+template <bool kGradY>
+MOBILEC_CLONES void affine_backward_plane(const float* __restrict gout, const float* __restrict y, float* __restrict grad_y,
+                                          int64_t n, float g, double* sum_gy, double* sum_go) {
+  lanes8 a_lo = {}, a_hi = {}, b_lo = {}, b_hi = {};
+  float prod[kBlock];
+  for (int64_t blk = 0; blk < n; blk += kBlock) {
+    const int64_t m = std::min(kBlock, n - blk);
+    for (int64_t k = 0; k < m; ++k) {
+      if constexpr (kGradY) grad_y[blk + k] = gout[blk + k] * g;
+      prod[k] = gout[blk + k] * y[blk + k];
+    }
+    const int64_t body = m - m % kLanes;
+    for (int64_t k = 0; k < body; k += kLanes) {
+      a_lo += load8(prod + k);
+      a_hi += load8(prod + k + 8);
+      b_lo += load8(gout + blk + k);
+      b_hi += load8(gout + blk + k + 8);
+    }
+    for (int64_t k = body; k < m; ++k) {
+      a_lo[0] += prod[k];
+      b_lo[0] += gout[blk + k];
+    }
+  }
+  float acc_a = 0.0f, acc_b = 0.0f;
+  for (int j = 0; j < 8; ++j) {
+    acc_a += a_lo[j];
+    acc_b += b_lo[j];
+  }
+  for (int j = 0; j < 8; ++j) {
+    acc_a += a_hi[j];
+    acc_b += b_hi[j];
+  }
+  *sum_gy = acc_a;
+  *sum_go = acc_b;
+}
+
+// channels-last: rows of c channels; per-channel float sums over the rows of one chunk
+template <bool kGradY>
+MOBILEC_CLONES void affine_backward_rows(const float* __restrict gout, const float* __restrict y, float* __restrict grad_y,
+                                         int64_t rows, int64_t c, const float* __restrict g, float* __restrict sum_gy,
+                                         float* __restrict sum_go) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* gr = gout + r * c;
+    const float* yr = y + r * c;
+    for (int64_t j = 0; j < c; ++j) {
+      if constexpr (kGradY) grad_y[r * c + j] = gr[j] * g[j];
+      sum_gy[j] += gr[j] * yr[j];
+      sum_go[j] += gr[j];
+    }
+  }
+}
+
+bool channels_last_dense(const at::Tensor& t) {
+  return t.dim() == 4 && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+void check_affine(const at::Tensor& y, const at::Tensor& g, const at::Tensor& b) {
+  TORCH_CHECK(y.device().is_cpu() && y.scalar_type() == at::kFloat && y.dim() >= 2, "y must be a float32 CPU tensor (N, C, ...)");
+  TORCH_CHECK(y.is_contiguous() || channels_last_dense(y), "y must be contiguous or channels-last");
+  const int64_t c = y.size(1);
+  for (const auto* t : {&g, &b}) {
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == c,
+                "g and b must be contiguous float32 vectors of y.size(1) values");
+  }
+}
+
+at::Tensor channel_affine_forward(const at::Tensor& y, const at::Tensor& g, const at::Tensor& b) {
+  check_affine(y, g, b);
+  const bool cl = !y.is_contiguous();
+  auto out = at::empty_like(y);  // keeps y's layout
+  const float *yp = y.data_ptr<float>(), *gp = g.data_ptr<float>(), *bp = b.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int64_t c = y.size(1), n = y.numel();
+  if (n == 0) return out;
+  if (cl) {
+    const int64_t rows = n / c, grain = std::max<int64_t>(1, kChunk / c);
+    at::parallel_for(0, rows, grain, [=](int64_t r0, int64_t r1) {
+      affine_forward_rows(yp + r0 * c, op + r0 * c, r1 - r0, c, gp, bp);
+    });
+    return out;
+  }
+  const int64_t planes = y.size(0) * c, inner = n / planes;
+  at::parallel_for(0, planes, std::max<int64_t>(1, kChunk / std::max<int64_t>(inner, 1)), [=](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) affine_forward_plane(yp + p * inner, op + p * inner, inner, gp[p % c], bp[p % c]);
+  });
+  return out;
+}
+
+// returns (grad_y or an undefined tensor, grad_g, grad_b)
+std::tuple<at::Tensor, at::Tensor, at::Tensor> channel_affine_backward(const at::Tensor& gout, const at::Tensor& y,
+                                                                        const at::Tensor& g, bool need_grad_y) {
+  check_affine(y, g, g);
+  TORCH_CHECK(gout.scalar_type() == at::kFloat && gout.is_non_overlapping_and_dense() && same_layout(gout, y),
+              "gout must be a dense float32 tensor laid out like y");
+  const int64_t c = y.size(1), n = y.numel();
+  at::Tensor grad_y = need_grad_y ? at::empty_like(y) : at::Tensor();
+  float* gyp = need_grad_y ? grad_y.data_ptr<float>() : nullptr;
+  const float *go = gout.data_ptr<float>(), *yp = y.data_ptr<float>(), *gp = g.data_ptr<float>();
+  std::vector<double> total_gy(c, 0.0), total_go(c, 0.0);
+  if (n > 0 && !y.is_contiguous()) {  // channels-last: fixed chunks of rows, each with its own per-channel sums
+    const int64_t rows = n / c, per = std::max<int64_t>(1, kChunk / c), chunks = (rows + per - 1) / per;
+    std::vector<float> part_gy(chunks * c, 0.0f), part_go(chunks * c, 0.0f);
+    float *pgy = part_gy.data(), *pgo = part_go.data();
+    at::parallel_for(0, chunks, 1, [=](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t r0 = k * per, r1 = std::min(rows, r0 + per);
+        if (gyp == nullptr) {
+          affine_backward_rows<false>(go + r0 * c, yp + r0 * c, nullptr, r1 - r0, c, gp, pgy + k * c, pgo + k * c);
+        } else {
+          affine_backward_rows<true>(go + r0 * c, yp + r0 * c, gyp + r0 * c, r1 - r0, c, gp, pgy + k * c, pgo + k * c);
+        }
+      }
+    });
+    for (int64_t k = 0; k < chunks; ++k) {
+      for (int64_t j = 0; j < c; ++j) {
+        total_gy[j] += part_gy[k * c + j];
+        total_go[j] += part_go[k * c + j];
+      }
+    }
+  } else if (n > 0) {
+    const int64_t planes = y.size(0) * c, inner = n / planes;
+    std::vector<double> part_gy(planes, 0.0), part_go(planes, 0.0);
+    double *pgy = part_gy.data(), *pgo = part_go.data();
+    at::parallel_for(0, planes, std::max<int64_t>(1, kChunk / std::max<int64_t>(inner, 1)), [=](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t off = p * inner;
+        if (gyp == nullptr) {
+          affine_backward_plane<false>(go + off, yp + off, nullptr, inner, gp[p % c], pgy + p, pgo + p);
+        } else {
+          affine_backward_plane<true>(go + off, yp + off, gyp + off, inner, gp[p % c], pgy + p, pgo + p);
+        }
+      }
+    });
+    for (int64_t p = 0; p < planes; ++p) {
+      total_gy[p % c] += part_gy[p];
+      total_go[p % c] += part_go[p];
+    }
+  }
+  auto grad_g = at::empty({c}, g.options()), grad_b = at::empty({c}, g.options());
+  float *ggp = grad_g.data_ptr<float>(), *gbp = grad_b.data_ptr<float>();
+  for (int64_t j = 0; j < c; ++j) {
+    ggp[j] = static_cast<float>(total_gy[j]);
+    gbp[j] = static_cast<float>(total_go[j]);
+  }
+  return {grad_y, grad_g, grad_b};
+}
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -243,4 +410,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("duq_backward", &duq_backward, "DuQ quantizer backward: (grad_x or None, sum_a, sum_c)");
   m.def("int8_fq_forward", &int8_fq_forward, "per-tensor int8 fake quantization");
   m.def("int8_fq_backward", &int8_fq_backward, "straight-through gradient of int8_fq_forward");
+  m.def("channel_affine_forward", &channel_affine_forward, "per-channel y * g + b (BN-folded layer output)");
+  m.def("channel_affine_backward", &channel_affine_backward, "(grad_y or None, grad_g, grad_b) of channel_affine_forward");
 }
