@@ -503,37 +503,6 @@ def test_fused_int8_fake_quant_equals_torch() -> None:
 
 
 @pytest.mark.slow
-def test_fused_channel_affine_equals_the_eager_ops() -> None:
-    """A BN-folded layer's ``y * g + b``: the fused kernel gives the eager values and ``grad_y`` bit for bit
-    and keeps the layout; ``grad_g``/``grad_b`` are the same sums in another order. Layouts it does not take
-    (transposed, sliced) run the eager ops."""
-    from mobilec.passes.quant import duq
-
-    _enable_fused()
-    try:
-        gen = torch.Generator().manual_seed(3)
-        for x0 in [*_layouts()[:4], torch.randn(2, 5, 1, 1, generator=gen), torch.randn(0, 8, 3, 3)]:
-            c = x0.shape[1]
-            g0, b0 = torch.randn(c, generator=gen), torch.randn(c, generator=gen)
-            go = torch.randn(x0.shape, generator=gen)
-            grads = []
-            for fused in (True, False):
-                y = x0.clone(memory_format=torch.preserve_format).requires_grad_(True)
-                g, b = g0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
-                out = duq.channel_affine(y, g, b) if fused else y * g.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
-                out.backward(go)
-                grads.append((out.detach(), out.stride(), y.grad, g.grad, b.grad))
-            (o1, s1, gy1, gg1, gb1), (o2, s2, gy2, gg2, gb2) = grads
-            assert torch.equal(o1, o2) and s1 == s2 and torch.equal(gy1, gy2)
-            assert torch.allclose(gg1, gg2, rtol=1e-5, atol=1e-5) and torch.allclose(gb1, gb2, rtol=1e-5, atol=1e-5)
-        y = torch.randn(8, 16, 5, 5, generator=gen, requires_grad=True)
-        assert duq.channel_affine(y, torch.ones(16), torch.zeros(16)).grad_fn.name().endswith("_ChannelAffineFunctionBackward")
-        assert "ChannelAffine" not in duq.channel_affine(y.transpose(2, 3), torch.ones(16), torch.zeros(16)).grad_fn.name()
-    finally:
-        duq.enable_fused_kernels(False)
-
-
-@pytest.mark.slow
 def test_a_fused_training_step_matches_the_eager_one() -> None:
     """One SGD step of a small DuQ model: the fused kernels move every parameter as the eager ops do."""
     from mobilec.passes.quant.duq import enable_fused_kernels

@@ -391,37 +391,6 @@ class _Int8FakeQuantFunction(torch.autograd.Function):
         return ctx.lib.int8_fq_backward(_laid_out_like(g, x), x, *ctx.qparams), None, None
 
 
-class _ChannelAffineFunction(torch.autograd.Function):
-    """``y * g.view(1, C, 1, 1) + b.view(1, C, 1, 1)`` (a BN-folded layer's output) through the fused C++
-    kernels: the same values and the same ``grad_y``; the sums giving ``grad_g`` and ``grad_b`` run in another
-    order (per plane or per chunk of rows, then in order). On mobilenet_v3_small the separate ops took about
-    a ninth of a BN-folded training step (measured by leaving the affine out)."""
-
-    @staticmethod
-    def forward(ctx: Any, y: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        y = y.detach()
-        ctx.save_for_backward(y, g)
-        ctx.lib = _FUSED["lib"]
-        return ctx.lib.channel_affine_forward(y, g.detach(), b.detach())
-
-    @staticmethod
-    def backward(ctx: Any, gout: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        y, g = ctx.saved_tensors
-        grad_y, grad_g, grad_b = ctx.lib.channel_affine_backward(_laid_out_like(gout, y), y, g.detach(),
-                                                                 ctx.needs_input_grad[0])
-        return (grad_y if ctx.needs_input_grad[0] else None, grad_g if ctx.needs_input_grad[1] else None,
-                grad_b if ctx.needs_input_grad[2] else None)
-
-
-def channel_affine(y: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``y * g + b`` per channel (dim 1) of a 4-d ``y``; through the fused kernels where they are on and
-    ``y`` is NCHW-contiguous or channels-last, else the eager ops (the same values either way)."""
-    shape = (1, -1, 1, 1)
-    if _fused_ok(y) and y.dim() == 4 and (y.is_contiguous() or y.is_contiguous(memory_format=torch.channels_last)):
-        return _ChannelAffineFunction.apply(y, g.reshape(-1).contiguous(), b.reshape(-1).contiguous())
-    return y * g.view(shape) + b.view(shape)
-
-
 class Int8FakeQuant(nn.Module):
     """Per-tensor affine int8 fake quantization with an EMA min/max observer (frozen in eval).
 

@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from mobilec.errors import MobilecError
-from mobilec.passes.quant import duq
 from mobilec.passes.quant.duq import HSWISH_OFFSET, DuQuantizer, Int8FakeQuant, check_bits
 
 META_KEY = "mobilec_duq"
@@ -120,8 +119,6 @@ class _QLayer(nn.Module):
             pre = getattr(self, "_pre", None)
             g, b = (pre[1], pre[2]) if pre is not None and pre[1] is not None else self.folded_scale_bias(wq)
             assert g is not None and b is not None
-            if len(shape) == 4:
-                return duq.channel_affine(y, g, b)
             return y * g.view(shape) + b.view(shape)
         if self.out_scale is not None:
             y = y * self.out_scale.view(shape)
