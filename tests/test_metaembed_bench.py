@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench_support import load_bench
 
 
 def _bench() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_metaembed", ROOT / "bench" / "metaembed.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_metaembed"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("metaembed")
 
 
 def _row(name: str, recipe: str, recall: float, seed: int, *, fine: bool = False) -> dict[str, Any]:

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from bench_support import load_bench
 
 
 def _bench() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_profit", ROOT / "bench" / "profit.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_profit"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("profit")
 
 
 def _report(recipe: str, acc: float, *, qat: bool = True) -> dict[str, Any]:
