@@ -345,15 +345,20 @@ def render(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _is_scratch(name: str) -> bool:
+    """A row of the random-start runs (the paper's start) rather than the recipes' warm start."""
+    return name.startswith("c2f-scratch")
+
+
 def _coarse_name(fine: str) -> str:
     """The row name of a c2f row's own coarse stage: c2f-seed1 -> c2f-coarse-seed1, c2f-scratch -> c2f-scratch-coarse."""
-    if fine.startswith("c2f-scratch"):
+    if _is_scratch(fine):
         return "c2f-scratch-coarse" + fine[len("c2f-scratch"):]
     return fine.replace("c2f", "c2f-coarse", 1)
 
 
 def _start_of(name: str) -> str:
-    return "random (paper)" if name.startswith("c2f-scratch") else "warm (full table)"
+    return "random (paper)" if _is_scratch(name) else "warm (full table)"
 
 
 def _fine_stage_section(rows: list[dict[str, Any]]) -> list[str]:
@@ -362,7 +367,7 @@ def _fine_stage_section(rows: list[dict[str, Any]]) -> list[str]:
     pairs = [(r, by_name.get(_coarse_name(_row_name(r)))) for r in rows
              if r["recipe"] == "c2f" and "tau_trials" in r["summary"]]
     pairs = sorted(((f, c) for f, c in pairs if c is not None),
-                   key=lambda fc: (_start_of(_row_name(fc[0])) != "warm (full table)", int(fc[0].get("seed") or 0)))
+                   key=lambda fc: (_is_scratch(_row_name(fc[0])), int(fc[0].get("seed") or 0)))
     if not pairs:
         return []
     out = ["## The fine stage against its own coarse stage", "",
