@@ -725,14 +725,21 @@ def accumulator_lsb(layer: QConv2d | QLinear, g: torch.Tensor | None = None) -> 
     ``g`` is the folded BN scale (default: the layer's ``out_scale``, else 1); a channel with g = 0
     (a constant channel, its weights exported as zeros) uses 1, as the lowering does.
     """
-    s_in = layer.act_q.c() / layer.act_q.levels
-    s_w = layer.weight_q.c() / layer.weight_q.levels
     out = layer.weight.shape[0]
     if g is None:
         g = layer.out_scale if layer.out_scale is not None else torch.ones(out)
-    g = g.detach().abs()
-    g = torch.where(g > 0, g, torch.ones_like(g))
-    return (s_in * s_w * g).abs().detach().expand(out).clone()
+    return _lsb(_input_weight_step(layer).detach(), g).expand(out).clone()
+
+
+def _input_weight_step(layer: QConv2d | QLinear) -> torch.Tensor:
+    """``s_in·s_w``: the input step times the (per-tensor or per-channel) weight step."""
+    return layer.act_q.c() / layer.act_q.levels * (layer.weight_q.c() / layer.weight_q.levels)
+
+
+def _lsb(step: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``|step·g|`` per channel, with 1 for g where g = 0 (constant channels: exported as zeros at scale 1)."""
+    gd = g.detach().abs()
+    return (step * torch.where(gd > 0, gd, torch.ones_like(gd))).abs().detach()
 
 
 def folded_scales_biases(layers: list[QConv2d | QLinear], wqs: list[torch.Tensor | None]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -756,11 +763,7 @@ def folded_scales_biases(layers: list[QConv2d | QLinear], wqs: list[torch.Tensor
     mean = cat([layer.bn_mean if b else None for layer, b in zip(layers, bn, strict=True)], 0.0)
     b = beta + g * (bias - mean)
     with torch.no_grad():
-        unit = torch.cat([(layer.act_q.c() / layer.act_q.levels * (layer.weight_q.c() / layer.weight_q.levels)).expand(n)
-                          for layer, n in zip(layers, counts, strict=True)])  # accumulator_lsb's s_in·s_w, per channel
-        gd = g.detach().abs()
-        gd = torch.where(gd > 0, gd, torch.ones_like(gd))
-        lsb = (unit * gd).abs()
+        lsb = _lsb(torch.cat([_input_weight_step(layer).expand(n) for layer, n in zip(layers, counts, strict=True)]), g)
         shift = torch.cat([layer.act_q.offset * g_i * (wq if wq is not None else layer.quantized_weight()).detach()
                            .reshape(n, -1).sum(1) if layer.act_q.offset else g_i.new_zeros(n)
                            for layer, g_i, wq, n in zip(layers, g.detach().split(counts), wqs, counts, strict=True)])
