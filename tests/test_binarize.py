@@ -274,6 +274,40 @@ def test_tac_pass_binarizes_convs_and_prunes_fc_exactly(digits_and_model, tmp_pa
     assert 0.0 <= ctx.evaluate(model) <= 1.0
 
 
+def test_two_step_schedule_trains_float_weights_on_binary_inputs_first(digits_and_model, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``epochs_act_only``: a first phase computes with the latent float weights (binary inputs); then ``α·sign(W)``."""
+    import mobilec.passes.binarize as binarize
+
+    ds, fp = digits_and_model
+    ctx = _ctx(ds, fp, tmp_path)
+    seen: list[bool] = []
+    fit = TACPass.train_phase
+
+    def spy(self: TACPass, model: nn.Module, ctx_: object, epochs: int, phase: int) -> dict:
+        layers = [m for m in model.modules() if isinstance(m, binarize.BINARY_TYPES)]
+        x = torch.randn(2, 8, 4, 4)
+        conv = model.features[3]
+        flag = all(m.float_weights for m in layers)
+        assert flag or not any(m.float_weights for m in layers)
+        with torch.no_grad():  # the forward really uses the float weights while the flag is set
+            expect = conv._conv_forward(conv.binary_input(x), conv.weight if flag else conv.binary_weight(), conv.bias)
+            assert torch.equal(conv(x), expect)
+        seen.append(flag)
+        return fit(self, model, ctx_, epochs, phase)
+
+    monkeypatch.setattr(TACPass, "train_phase", spy)
+    p = TACPass(fc_sparsity=0.5, prune_steps=1, epochs_act_only=1, epochs_binary=1, epochs_per_prune_step=1,
+                epochs_quant=1, epochs_grid=0, calibration_batches=2)
+    model = p.apply(copy.deepcopy(fp), ctx)
+    assert seen == [True, False, False, False]  # act-only, binary, prune, quantize
+    assert not any(m.float_weights for m in model.modules() if isinstance(m, binarize.BINARY_TYPES))
+    phases = ctx.report.passes[-1].summary["phases"]
+    assert phases[0]["phase"] == "binary inputs, float weights" and phases[0]["epochs"] == 1
+    with pytest.raises(MobilecError, match="epochs_act_only"):
+        TACPass.from_params({"epochs_act_only": -1}, where="r.toml")
+
+
 class _FunctionalReluBlock(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -159,6 +159,8 @@ class _BinaryLayer:
 
     act: BinaryActivation | None
     weight: nn.Parameter
+    #: True during a two-step schedule's first phase (``epochs_act_only``): binary inputs, float weights
+    float_weights: bool = False
 
     def _init_act(self, channels: int, binarize_input: bool, learn_threshold: bool) -> None:
         self.act = BinaryActivation(channels, learn_threshold=learn_threshold) if binarize_input else None
@@ -171,6 +173,10 @@ class _BinaryLayer:
 
     def binary_input(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(x) if self.act is not None else x
+
+    def step_weight(self) -> torch.Tensor:
+        """The weight this forward computes with: ``α·sign(W)``, or ``W`` itself while ``float_weights``."""
+        return self.weight if self.float_weights else self.binary_weight()
 
 
 class BinaryConv2d(_BinaryLayer, nn.Conv2d):
@@ -199,7 +205,7 @@ class BinaryConv2d(_BinaryLayer, nn.Conv2d):
         return copy_layer_params(conv, new)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._conv_forward(self.binary_input(x), self.binary_weight(), self.bias)
+        y = self._conv_forward(self.binary_input(x), self.step_weight(), self.bias)
         return apply_grid(self, "out", add_bias_delta(self, y))
 
 
@@ -217,7 +223,7 @@ class BinaryLinear(_BinaryLayer, nn.Linear):
         return copy_layer_params(fc, new)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return apply_grid(self, "out", add_bias_delta(self, F.linear(self.binary_input(x), self.binary_weight(), self.bias)))
+        return apply_grid(self, "out", add_bias_delta(self, F.linear(self.binary_input(x), self.step_weight(), self.bias)))
 
 
 BINARY_TYPES = (BinaryConv2d, BinaryLinear)
@@ -347,12 +353,13 @@ class _BinaryBase(Pass):
     align_thresholds: bool = True  # snap binary-input thresholds to those grids (exact int8 artifact)
     epochs_grid: int = 1  # the schedule's last epochs train with the artifact's int8 output roundings in the model
     warmup_epochs: float = 0.5  # linear LR warm-up at the start of each phase, in epochs (of train_images)
+    epochs_act_only: int = 0  # two-step training: first this many epochs with binary inputs and float weights
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.batch_size < 1 or self.threshold_batches < 1:
             raise ValueError("need lr > 0, batch_size >= 1 and threshold_batches >= 1")
-        if self.epochs_grid < 0 or self.warmup_epochs < 0:
-            raise ValueError("epochs_grid and warmup_epochs must be >= 0")
+        if self.epochs_grid < 0 or self.warmup_epochs < 0 or self.epochs_act_only < 0:
+            raise ValueError("epochs_grid, warmup_epochs and epochs_act_only must be >= 0")
         if not 0.0 <= self.kd_weight <= 1.0:
             raise ValueError(f"kd_weight must lie in [0, 1], got {self.kd_weight}")
         if self.train_images < 0 or self.weight_decay < 0:
@@ -436,6 +443,21 @@ class _BinaryBase(Pass):
         last = res.history[-1] if res.history else {}
         return {"epochs": epochs, "images": fit_epochs * len(data.x_train), "seconds": res.seconds,
                 "final_loss": last.get("loss"), "final_train_acc": last.get("train_acc")}
+
+    def act_only_phase(self, model: nn.Module, ctx: Context) -> list[dict[str, Any]]:
+        """Step one of two-step training (``epochs_act_only`` > 0): the binary layers train with binary
+        inputs and their float weights; afterwards they compute with ``α·sign(W)`` of what was learned."""
+        if not self.epochs_act_only:
+            return []
+        layers = [m for m in model.modules() if isinstance(m, BINARY_TYPES)]
+        for m in layers:
+            m.float_weights = True
+        try:
+            res = self.train_phase(model, ctx, self.epochs_act_only, 100)  # its own draw and seed
+        finally:
+            for m in layers:
+                m.float_weights = False
+        return [{"phase": "binary inputs, float weights", **res}]
 
     # -- reporting / export --------------------------------------------------------------
     def layer_records(self, model: nn.Module, actions: dict[str, str]) -> list[dict[str, Any]]:
@@ -560,10 +582,11 @@ class TACPass(_BinaryBase):
         fcs = [n for n, a in actions.items() if a == "prune-quantize"]
         for name in fcs:
             _set_module(model, name, PrunedQuantLinear.from_linear(model.get_submodule(name)))
+        phases = self.act_only_phase(model, ctx)
         if not fcs:
-            phases = self.last_phase(model, ctx, self.epochs_binary, 0, "binary")
+            phases += self.last_phase(model, ctx, self.epochs_binary, 0, "binary")
             return self.record(model, ctx, actions, phases, t0)
-        phases = [{"phase": "binary", **self.train_phase(model, ctx, self.epochs_binary, 0)}]
+        phases.append({"phase": "binary", **self.train_phase(model, ctx, self.epochs_binary, 0)})
         for i, s in enumerate(cubic_sparsity_schedule(self.fc_sparsity, self.prune_steps)):
             for name in fcs:
                 model.get_submodule(name).set_sparsity(s)
@@ -597,7 +620,8 @@ class BinarizeAllPass(_BinaryBase):
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         t0 = time.perf_counter()
         actions = self.start(model, ctx)
-        phases = self.last_phase(model, ctx, self.epochs, 0, "binary")
+        phases = self.act_only_phase(model, ctx)
+        phases += self.last_phase(model, ctx, self.epochs, 0, "binary")
         return self.record(model, ctx, actions, phases, t0)
 
 
