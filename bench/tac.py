@@ -170,8 +170,9 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             if tac and fp:
                 d = 100 * (fp["accuracy"] - tac["accuracy"])
                 lines.append(f"- {model} / {target}: fp32 - {name} = {d:.2f} points (goal <= 4): {'met' if d <= 4 else 'NOT met'}")
+        # bench recipe files (probes): measured against the same fp32 goal, but not the recipes
         probes = [r for r in rows if (r["model"], r["target"]) == (model, target) and r["recipe"].endswith(".toml")]
-        for r in probes if fp else []:  # bench recipe files: measured against the same goal, but not the recipes
+        for r in probes if fp is not None else ():
             d = 100 * (fp["accuracy"] - r["accuracy"])
             lines.append(f"- {model} / {target}: fp32 - {r['recipe']} = {d:.2f} points (a bench probe, "
                          f"{r['train_images_seen']:,} images; under 4: {'yes' if d <= 4 else 'no'})")

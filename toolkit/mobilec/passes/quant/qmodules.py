@@ -728,7 +728,7 @@ def accumulator_lsb(layer: QConv2d | QLinear, g: torch.Tensor | None = None) -> 
     out = layer.weight.shape[0]
     if g is None:
         g = layer.out_scale if layer.out_scale is not None else torch.ones(out)
-    return _lsb(_input_weight_step(layer).detach(), g).expand(out).clone()
+    return _lsb(_input_weight_step(layer), g).expand(out).clone()
 
 
 def _input_weight_step(layer: QConv2d | QLinear) -> torch.Tensor:
