@@ -48,6 +48,28 @@ def test_fit_is_deterministic(digits) -> None:
     assert torch.equal(outs[0], outs[1])
 
 
+def test_channels_last_training_matches_contiguous_and_restores_layout(digits) -> None:
+    """channels_last changes only the float summation order: the same seed gives the same model to
+    float tolerance, the parameter objects (which optimizers hold) stay, and they end contiguous."""
+    small = digits.subset(256, 64)
+    models, logits = [], []
+    for cl in (False, True):
+        torch.manual_seed(0)
+        model, teacher = small_cnn(), small_cnn()
+        params = [id(p) for p in model.parameters()]
+        start = model[0].weight.detach().clone()
+        fit(model, small, epochs=1, lr=0.05, batch_size=64, seed=3, teacher=teacher, progress=False, channels_last=cl)
+        assert [id(p) for p in model.parameters()] == params
+        for m in (model, teacher):
+            assert all(p.is_contiguous() for p in m.parameters())
+        assert (model[0].weight - start).abs().max() > 1e-3  # it trained
+        models.append(model)
+        logits.append(predict_logits(model, small.x_test))
+    for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4)
+    assert torch.allclose(logits[0], logits[1], rtol=1e-3, atol=1e-3)
+
+
 def test_distillation_param_groups_and_hooks(digits) -> None:
     small = digits.subset(256, 64)
     torch.manual_seed(0)
