@@ -49,7 +49,7 @@ METHOD = """\
   k-means codebook because the integers map one-to-one onto an int8 per-channel kernel.
 - **Training**: Adam, lr 1e-3, no weight decay, warm-up (half an epoch) + cosine per phase, loss
   0.3 CE + 0.7 soft-CE against the original model (T = 1); an "epoch" is `train_images` freshly
-  drawn training images; tac and binary-all see 8 x 10,000 images (tac: 4 binary + 2 x 1 pruning + 2
+  drawn training images; tac and binary-all see 8 x 20,000 images (tac: 4 binary + 2 x 1 pruning + 2
   quantized FC; binary-all: 8), tac-keep-depthwise the tac schedule on 8 x 30,000 (its steps are cheaper).
 - **Artifact**: binary layers are int8 convs/linears: inputs `clamp((x - t) 2^100 + 1, -1, 1)`
   quantized at the fixed scale 1/127 (int8 +-127), weights int8 +-127 with one scale per output
