@@ -95,3 +95,42 @@ def test_the_trainer_installs_the_batch_and_leaves_nothing_behind() -> None:
         qm(x)  # outside the trainer: the per-layer path
     assert seen[-1] is False
     copy.deepcopy(qm)  # no step's graph left on the layers
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_trainer_feeds_channels_last_batches_and_trains_alike(fused: bool) -> None:
+    """A 3-channel batch goes to the net channels-last on the CPU (the convs' faster path); the trained
+    model matches the contiguous-batch run to float tolerance (only the summation order differs)."""
+    from test_duq import TinyNet, randomize_bn
+
+    from mobilec.passes.quant.qmodules import convert_to_duq, init_activation_quantizers, init_weight_quantizers
+
+    torch.manual_seed(0)
+    net = TinyNet()
+    net.stem[0] = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(96, 3, 8, 8, generator=gen), torch.randint(0, 10, (96,), generator=gen)
+    qm = convert_to_duq(randomize_bn(net, 0), weight_bits=4, act_bits=4)
+    init_activation_quantizers(qm, x[:32])
+    init_weight_quantizers(qm)
+    enable_quantizers(qm, acts=True, weights=True)
+    if fused:
+        _enable_fused()
+    try:
+        trained, layouts = [], []
+        for cl in (False, True):
+            m = copy.deepcopy(qm).train()
+            tr = Trainer(m, x, y, teacher=None, batch_size=32, weight_decay=0.0, quant_lr_scale=0.01, augment=True,
+                         hflip=False, zero=torch.zeros(1, 3, 1, 1), seed=0, ema_decay=0.0, dist=DistInfo(), channels_last=cl)
+            m.register_forward_pre_hook(lambda _m, a: layouts.append(a[0].is_contiguous(memory_format=torch.channels_last)))
+            res = tr.run_phase("p", 3, lr=0.01)
+            assert res.steps == 3
+            trained.append(m)
+    finally:
+        enable_fused_kernels(False)
+    assert layouts == [False] * 3 + [True] * 3
+    start = dict(qm.named_parameters())
+    moved = max((p - start[n]).abs().max().item() for n, p in trained[0].named_parameters())
+    assert moved > 1e-3
+    diff = max((a - b).abs().max().item() for a, b in zip(trained[0].parameters(), trained[1].parameters(), strict=True))
+    assert diff < 0.02 * moved  # (a grid code flipped by the summation order moves a few values a little)

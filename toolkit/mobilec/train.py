@@ -95,10 +95,10 @@ def fit(
     group's own ``lr``. ``on_step(step, model)`` runs after each optimizer step. The number of
     threads is whatever the caller set with ``torch.set_num_threads``.
     ``channels_last`` trains in the channels-last memory format (model, teacher and batches): on
-    3-channel inputs 1.2-2.1x the images/s for the zoo's convnets on these CPUs, on 1-channel
-    inputs no change, as their augmented batches already have channels-last strides
-    (``bench/results/train_speed.md``); only the float summation order differs. Parameters are
-    contiguous again when ``fit`` returns.
+    3-channel inputs 1.2-2.0x the images/s for the zoo's convnets (float and tac-binarized) on these
+    CPUs, on 1-channel inputs no change (0.95-1.03x), as their augmented batches already have
+    channels-last strides (``bench/results/train_speed.md``); only the float summation order
+    differs. Parameters are contiguous again when ``fit`` returns.
     """
     if epochs < 0 or lr <= 0 or batch_size < 1:
         raise MobilecError(f"bad training settings epochs={epochs} lr={lr} batch_size={batch_size}",
