@@ -342,7 +342,7 @@ class _BinaryBase(Pass):
     keep_depthwise: bool = False
     act_threshold: Literal["learned", "zero"] = "learned"
     threshold_batches: int = 4  # real batches (of batch_size) to initialise the learned thresholds
-    lr: float = 1e-3
+    lr: float = 4e-3  # Adam; the best of 5e-4..8e-3 for the tac recipes on mobilenet_v2 (docs/tac.md)
     optimizer: Literal["adam", "sgd"] = "adam"
     weight_decay: float = 0.0
     batch_size: int = 128
