@@ -47,10 +47,11 @@ METHOD = """\
 - **FC quantization**: symmetric uniform per-output-channel grid with 2^(b-1) - 1 levels per side
   (scale = max|w_row| / (2^(b-1) - 1)), straight-through gradient; chosen over Deep Compression's
   k-means codebook because the integers map one-to-one onto an int8 per-channel kernel.
-- **Training**: Adam, lr 4e-3 (the best of 5e-4..8e-3 on mobilenet_v2), no weight decay, warm-up (half an
-  epoch) + cosine per phase, loss 0.3 CE + 0.7 soft-CE against the original model (T = 1); an "epoch" is `train_images` freshly
-  drawn training images; tac and binary-all see 8 x 20,000 images (tac: 4 binary + 2 x 1 pruning + 2
-  quantized FC; binary-all: 8), tac-keep-depthwise the tac schedule on 8 x 30,000 (its steps are cheaper).
+- **Training**: Adam, lr 4e-3 (the best of 5e-4..8e-3 on mobilenet_v2), no weight decay, warm-up
+  (half an epoch) + cosine per phase, loss 0.3 CE + 0.7 soft-CE against the original model (T = 1);
+  an "epoch" is `train_images` freshly drawn training images; tac and binary-all see 8 x 20,000
+  images (tac: 4 binary + 2 x 1 pruning + 2 quantized FC; binary-all: 8), tac-keep-depthwise the
+  tac schedule on 8 x 30,000 (its steps are cheaper).
 - **Artifact**: binary layers are int8 convs/linears: inputs `clamp((x - t) 2^100 + 1, -1, 1)`
   quantized at the fixed scale 1/127 (int8 +-127), weights int8 +-127 with one scale per output
   channel, int32 bias, int8 outputs. Before the last 2 epochs the int8 output grids are fixed from

@@ -51,12 +51,11 @@ def variants(name: str, data: Any, *, binary: bool = True) -> dict[str, Any]:
                                                          pretrained=True).state_dict(), fp.state_dict()))
     out = {"fp32": fp}
     options = [("tac", False)] + ([("tac-keep-depthwise", True)] if name.startswith("mobilenet") else [])
-    options = options if binary else []
-    for label, keep_dw in options:
-        binary = copy.deepcopy(fp)
+    for label, keep_dw in options if binary else []:
+        model = copy.deepcopy(fp)
         tac = TACPass(keep_depthwise=keep_dw, act_threshold="zero")
-        tac.binarize(binary, tac.plan(binary, (data.x_train[:1],)), data, 0)
-        out[label] = binary
+        tac.binarize(model, tac.plan(model, (data.x_train[:1],)), data, 0)
+        out[label] = model
     return out
 
 

@@ -58,7 +58,11 @@ def test_channels_last_training_matches_contiguous_and_restores_layout(digits) -
         model, teacher = small_cnn(), small_cnn()
         params = [id(p) for p in model.parameters()]
         start = model[0].weight.detach().clone()
+        layouts: list[bool] = []  # the 32x16x3x3 weight: channels-last and contiguous are different layouts
+        model[3].register_forward_pre_hook(
+            lambda m, _a, seen=layouts: seen.append(m.weight.is_contiguous(memory_format=torch.channels_last)))
         fit(model, small, epochs=1, lr=0.05, batch_size=64, seed=3, teacher=teacher, progress=False, channels_last=cl)
+        assert layouts == [cl] * 4  # 256 images, batch 64: the format was really used while training
         assert [id(p) for p in model.parameters()] == params
         for m in (model, teacher):
             assert all(p.is_contiguous() for p in m.parameters())
